@@ -1,0 +1,38 @@
+# Thin wrapper over CMake: deps, build, test, demo, bench. Everything real lives in CMakeLists.txt.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: deps configure build test test-sanitize demo demo-data bench clean
+
+deps:
+	@bash scripts/install-deps.sh
+
+configure: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) > $(BUILD).configure.log 2>&1 \
+	  || (cat $(BUILD).configure.log; exit 1)
+
+build: configure
+	@cmake --build $(BUILD) -j $(JOBS)
+
+demo-data: build
+	@bash scripts/prepare-demo-data.sh $(BUILD)
+
+demo: demo-data
+	@$(BUILD)/apps/meridian/meridian train
+
+test: demo-data
+	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -LE 'slow|gpu' --timeout 600
+
+# The torch-free libraries once more under AddressSanitizer and UndefinedBehaviorSanitizer.
+test-sanitize: deps
+	@cmake -S . -B build-asan -DMERIDIAN_TORCH=OFF -DMERIDIAN_SANITIZE=ON > build-asan.configure.log 2>&1 \
+	  || (cat build-asan.configure.log; exit 1)
+	@cmake --build build-asan -j $(JOBS)
+	@cd build-asan && ctest --output-on-failure -j $(JOBS) -LE 'slow|gpu' --timeout 600
+
+bench: build
+	@bash bench/bench_step.sh $(BUILD)
+
+clean:
+	rm -rf $(BUILD) build-asan *.configure.log
