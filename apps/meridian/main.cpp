@@ -1,0 +1,249 @@
+// meridian: one binary, one subcommand per job. This file only parses arguments and calls the
+// libraries; it reads as the table of contents of what Meridian can do.
+//
+//   meridian train     [--config F | --preset NAME] [--set k=v ...] [--resume DIR]
+//   meridian info      --model NAME            parameters, FLOPs/token, memory (no allocation)
+//   meridian tokenize  --input FILES --output DIR [--doc-separator S] [--val-fraction X]
+//   meridian bench step --model NAME            inner-step throughput and MFU
+//   meridian config    [--list | --print]      every option, or the resolved config
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "config/config.h"
+#include "data/tokenize.h"
+#include "data/tokenizer.h"
+#include "io/checkpoint.h"
+#include "io/safetensors.h"
+#include "metrics/model_stats.h"
+#include "train/trainer.h"
+
+using namespace meridian;
+
+namespace {
+
+// One-line cause, then the hint, then a non-zero exit: the contract for every user error.
+int fail(const Status& status) {
+  std::fprintf(stderr, "error: %s\n", status.message().c_str());
+  if (!status.hint().empty()) std::fprintf(stderr, "hint: %s\n", status.hint().c_str());
+  return 2;
+}
+
+struct ConfigArgs {
+  std::string config_file;
+  std::string preset;
+  std::vector<std::string> overrides;
+};
+
+void add_config_args(CLI::App* cmd, ConfigArgs& args) {
+  cmd->add_option("--config", args.config_file, "TOML config file");
+  cmd->add_option("--preset", args.preset, "embedded preset: " + fmt::format("{}", fmt::join(preset_names(), ", ")));
+  cmd->add_option("--set", args.overrides, "override one option, key=value (repeatable)");
+}
+
+Result<Config> resolve_config(const ConfigArgs& args, const std::string& fallback_preset) {
+  if (!args.config_file.empty() && !args.preset.empty())
+    return Status::error("--config and --preset both given", "pass one of them");
+  std::string source = !args.config_file.empty() ? args.config_file : !args.preset.empty() ? args.preset : fallback_preset;
+  if (!args.config_file.empty() && source.size() < 5) source = args.config_file;
+  if (!args.config_file.empty() && source.substr(source.size() - 5) != ".toml")
+    return Status::error(args.config_file + ": a config file must end in .toml", "rename it, or use --preset for an embedded preset");
+  return load_config(source, args.overrides);
+}
+
+// --resume: the checkpoint's own config, then --config/--preset if given (same model shape
+// required, checked when loading), then --set.
+Result<Config> resume_config(const ConfigArgs& args, const std::string& checkpoint_dir) {
+  if (!args.config_file.empty() || !args.preset.empty()) return resolve_config(args, "demo");
+  auto state = io::SafetensorsFile::open((std::filesystem::path(checkpoint_dir) / "state.safetensors").string());
+  if (!state) return state.status();
+  auto it = state->metadata().find("meridian.config");
+  if (it == state->metadata().end())
+    return Status::error(checkpoint_dir + "/state.safetensors: no saved config", "pass --config with the run's config file");
+  Config config;
+  MERIDIAN_RETURN_IF_ERROR(apply_toml(config, it->second, checkpoint_dir + " (saved config)"));
+  MERIDIAN_RETURN_IF_ERROR(apply_overrides(config, args.overrides));
+  MERIDIAN_RETURN_IF_ERROR(validate(config));
+  return config;
+}
+
+int cmd_train(const ConfigArgs& args, const std::string& resume) {
+  std::string checkpoint;
+  Result<Config> config = Status::error("unset");
+  if (!resume.empty()) {
+    auto dir = io::resolve_checkpoint(resume);
+    if (!dir) return fail(dir.status());
+    checkpoint = dir.value();
+    config = resume_config(args, checkpoint);
+  } else {
+    config = resolve_config(args, "demo");
+  }
+  if (!config) return fail(config.status());
+
+  std::printf("# meridian train: resolved config (hash %s)\n%s\n", config_hash(config.value()).c_str(), to_toml(config.value()).c_str());
+  const auto stats = metrics::model_stats(config->model, config->train.seq_len);
+  std::printf("# model %s: %.3fM parameters, %.3g FLOPs/token\n", config->model.name.c_str(), stats.params_total / 1e6, stats.flops_per_token);
+  if (!checkpoint.empty()) std::printf("# resuming from %s\n", checkpoint.c_str());
+
+  train::TrainerOptions options;
+  options.resume = checkpoint;
+  auto trainer = train::Trainer::create(config.value(), options);
+  if (!trainer) return fail(trainer.status());
+  std::printf("# %d threads, peak %.1f GFLOP/s (fp32 matmul)%s\n", torch::get_num_threads(), trainer.value()->peak_flops() / 1e9,
+              config->run.peak_tflops > 0 ? " from run.peak_tflops" : " measured");
+  std::fflush(stdout);
+
+  auto summary = trainer.value()->run();
+  if (!summary) return fail(summary.status());
+  const auto& s = summary.value();
+  std::printf("\n# done: steps %lld-%lld in %.1f s, %.0f tokens/s\n", static_cast<long long>(s.first_step), static_cast<long long>(s.last_step),
+              s.seconds, s.tokens_per_s);
+  std::printf("# train loss %.4f -> %.4f nats/token", s.first_loss, s.final_loss);
+  if (s.val_loss) std::printf(", validation loss %.4f (ppl %.2f)", *s.val_loss, std::exp(*s.val_loss));
+  std::printf("\n");
+  if (s.unigram_entropy > 0) {
+    const double reference = s.val_loss ? *s.val_loss : s.final_loss;
+    std::printf("# unigram entropy of the training data: %.4f nats/token; the model is %.4f nats/token below it (%.1f%%)\n",
+                s.unigram_entropy, s.unigram_entropy - reference, 100.0 * (s.unigram_entropy - reference) / s.unigram_entropy);
+  }
+  if (!s.checkpoint.empty()) std::printf("# checkpoint: %s\n", s.checkpoint.c_str());
+  std::printf("# state hash: %s\n", s.state_hash.c_str());
+  return 0;
+}
+
+int cmd_info(const std::string& model_name, const std::string& config_file) {
+  ConfigArgs args;
+  if (!config_file.empty()) args.config_file = config_file;
+  else args.preset = model_name;
+  auto config = resolve_config(args, "demo");
+  if (!config) return fail(config.status());
+  const auto stats = metrics::model_stats(config->model, config->train.seq_len);
+  std::printf("%s\n", metrics::model_stats_json(config->model, stats, config->train.seq_len).c_str());
+  return 0;
+}
+
+int cmd_tokenize(const std::vector<std::string>& inputs, const std::string& output, const std::string& tokenizer_name,
+                 const data::TokenizeOptions& options) {
+  auto tokenizer = data::make_tokenizer(tokenizer_name);
+  if (!tokenizer) return fail(tokenizer.status());
+  auto stats = data::tokenize_files(inputs, output, *tokenizer.value(), options);
+  if (!stats) return fail(stats.status());
+  const auto& s = stats.value();
+  std::printf("tokenized %llu documents, %.2f MB in %.2f s (%.1f MB/s): %llu train tokens, %llu val tokens, %d shards in %s\n",
+              static_cast<unsigned long long>(s.documents), s.bytes_in / 1e6, s.seconds, s.bytes_in / 1e6 / std::max(s.seconds, 1e-9),
+              static_cast<unsigned long long>(s.train_tokens), static_cast<unsigned long long>(s.val_tokens), s.shards, output.c_str());
+  return 0;
+}
+
+// Inner-step throughput on synthetic tokens: what bench/bench_step.sh compares with PyTorch.
+int cmd_bench_step(const ConfigArgs& args, int64_t steps, int64_t warmup) {
+  auto config = resolve_config(args, "debug");
+  if (!config) return fail(config.status());
+  train::TrainerOptions options;
+  options.out = nullptr;
+  options.write_run_dir = false;
+  options.synthetic_data = true;
+  config->train.steps = steps + warmup;
+  auto trainer = train::Trainer::create(config.value(), options);
+  if (!trainer) return fail(trainer.status());
+  auto& t = *trainer.value();
+  for (int64_t i = 0; i < warmup; ++i) t.train_step();
+  double seconds = 0;
+  int64_t tokens = 0;
+  for (int64_t i = 0; i < steps; ++i) {
+    auto m = t.train_step();
+    seconds += m.step_seconds;
+    tokens += config->train.batch_size * config->train.seq_len * config->train.grad_accum;
+  }
+  const double tps = tokens / seconds;
+  const double fpt = metrics::model_stats(config->model, config->train.seq_len).flops_per_token;
+  std::printf("{\"impl\": \"meridian\", \"model\": \"%s\", \"threads\": %d, \"batch\": %lld, \"seq_len\": %lld, \"steps\": %lld, "
+              "\"step_s\": %.5f, \"tokens_per_s\": %.1f, \"mfu\": %.4f, \"peak_gflops\": %.1f}\n",
+              config->model.name.c_str(), torch::get_num_threads(), static_cast<long long>(config->train.batch_size),
+              static_cast<long long>(config->train.seq_len), static_cast<long long>(steps), seconds / steps, tps,
+              fpt * tps / t.peak_flops(), t.peak_flops() / 1e9);
+  return 0;
+}
+
+int cmd_config(const ConfigArgs& args, bool list) {
+  if (list) {
+    Config defaults;
+    for (const auto& row : option_table(defaults)) {
+      std::string value = std::visit([](auto* p) { return fmt::format("{}", *p); }, row.value);
+      std::printf("%-24s = %-16s %s%s\n", row.key.c_str(), value.c_str(), row.help.c_str(), row.unit.empty() ? "" : (" [" + row.unit + "]").c_str());
+    }
+    return 0;
+  }
+  auto config = resolve_config(args, "demo");
+  if (!config) return fail(config.status());
+  std::printf("%s", to_toml(config.value()).c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Meridian: train Llama models across far-apart machines (DiLoCo, int8 all-reduce, elastic membership)"};
+  app.require_subcommand(1);
+
+  ConfigArgs train_args;
+  std::string resume;
+  auto* train = app.add_subcommand("train", "train a model (the embedded demo config by default)");
+  add_config_args(train, train_args);
+  train->add_option("--resume", resume, "continue from a checkpoint or run directory");
+
+  std::string info_model = "demo", info_config;
+  auto* info = app.add_subcommand("info", "parameter count, FLOPs per token and memory of a model, as JSON");
+  info->add_option("--model", info_model, "preset name: " + fmt::format("{}", fmt::join(preset_names(), ", ")));
+  info->add_option("--config", info_config, "or a TOML config file");
+
+  std::vector<std::string> tok_inputs;
+  std::string tok_output, tok_name = "bytes";
+  data::TokenizeOptions tok_options;
+  auto* tokenize = app.add_subcommand("tokenize", "turn .txt/.jsonl files into token shards");
+  tokenize->add_option("--input", tok_inputs, "input files (.txt, .jsonl)")->required()->check(CLI::ExistingFile);
+  tokenize->add_option("--output", tok_output, "output directory (train/ and val/ inside)")->required();
+  tokenize->add_option("--tokenizer", tok_name, "tokenizer (bytes)");
+  tokenize->add_option("--doc-separator", tok_options.doc_separator, "in .txt files, a line equal to this ends a document");
+  tokenize->add_option("--text-field", tok_options.text_field, "in .jsonl files, the field holding the text");
+  tokenize->add_option("--val-fraction", tok_options.val_fraction, "share of documents for validation")->check(CLI::Range(0.0, 0.5));
+  tokenize->add_option("--shard-tokens", tok_options.shard_tokens, "tokens per shard file");
+
+  auto* bench = app.add_subcommand("bench", "benchmarks");
+  bench->require_subcommand(1);
+  ConfigArgs bench_args;
+  std::string bench_model;
+  int64_t bench_steps = 10, bench_warmup = 2;
+  auto* bench_step = bench->add_subcommand("step", "inner training step throughput and MFU on synthetic tokens");
+  add_config_args(bench_step, bench_args);
+  bench_step->add_option("--model", bench_model, "preset name (same as --preset)");
+  bench_step->add_option("--steps", bench_steps, "timed steps");
+  bench_step->add_option("--warmup", bench_warmup, "untimed steps first");
+
+  ConfigArgs config_args;
+  bool config_list = false;
+  auto* config = app.add_subcommand("config", "print the resolved config, or every option with its default");
+  add_config_args(config, config_args);
+  config->add_flag("--list", config_list, "every option with its default, unit and help");
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (*train) return cmd_train(train_args, resume);
+    if (*info) return cmd_info(info_model, info_config);
+    if (*tokenize) return cmd_tokenize(tok_inputs, tok_output, tok_name, tok_options);
+    if (*bench_step) {
+      if (!bench_model.empty()) bench_args.preset = bench_model;
+      return cmd_bench_step(bench_args, bench_steps, bench_warmup);
+    }
+    if (*config) return cmd_config(config_args, config_list);
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "error: libtorch: %s\n", e.what_without_backtrace());
+    return 1;
+  }
+  return 0;
+}

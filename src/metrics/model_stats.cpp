@@ -1,0 +1,45 @@
+#include "metrics/model_stats.h"
+
+#include <nlohmann/json.hpp>
+
+namespace meridian::metrics {
+
+ModelStats model_stats(const ModelConfig& m, int64_t seq_len) {
+  const int64_t C = m.dim, D = m.head_dim(), kv = m.n_kv_heads * D;
+  const int64_t attention = C * C /*q*/ + 2 * C * kv /*k, v*/ + C * C /*o*/;
+  const int64_t mlp = 3 * C * m.ffn_dim;
+  const int64_t norms = 2 * C;
+  ModelStats s;
+  s.params_per_layer = attention + mlp + norms;
+  s.params_embedding = m.vocab_size * C;
+  s.params_total = s.params_embedding + m.n_layers * s.params_per_layer + C /*final norm*/ + m.vocab_size * C /*lm_head*/;
+  s.flops_per_token = 6.0 * static_cast<double>(s.params_total - s.params_embedding) +
+                      12.0 * static_cast<double>(m.n_layers) * static_cast<double>(C) * static_cast<double>(seq_len);
+  s.weight_bytes_fp32 = 4 * s.params_total;
+  s.weight_bytes_bf16 = 2 * s.params_total;
+  s.grad_bytes_fp32 = 4 * s.params_total;
+  s.adamw_bytes_fp32 = 8 * s.params_total;
+  return s;
+}
+
+std::string model_stats_json(const ModelConfig& m, const ModelStats& s, int64_t seq_len) {
+  nlohmann::ordered_json j;
+  j["model"] = m.name;
+  j["params"] = s.params_total;
+  j["params_embedding"] = s.params_embedding;
+  j["params_non_embedding"] = s.params_total - s.params_embedding;
+  j["params_per_layer"] = s.params_per_layer;
+  j["shape"] = {{"vocab_size", m.vocab_size}, {"dim", m.dim},          {"n_layers", m.n_layers},
+                {"n_heads", m.n_heads},       {"n_kv_heads", m.n_kv_heads}, {"ffn_dim", m.ffn_dim},
+                {"max_seq_len", m.max_seq_len}, {"rope_theta", m.rope_theta}};
+  j["seq_len"] = seq_len;
+  j["flops_per_token"] = s.flops_per_token;
+  j["memory_bytes"] = {{"weights_fp32", s.weight_bytes_fp32},
+                       {"weights_bf16", s.weight_bytes_bf16},
+                       {"grads_fp32", s.grad_bytes_fp32},
+                       {"adamw_state_fp32", s.adamw_bytes_fp32},
+                       {"train_total_fp32", s.weight_bytes_fp32 + s.grad_bytes_fp32 + s.adamw_bytes_fp32}};
+  return j.dump(2);
+}
+
+}  // namespace meridian::metrics

@@ -1,0 +1,161 @@
+// Quantized all-reduce (sum or mean) of an fp32 buffer across the N members of a view, over
+// the Transport interface. docs/algorithms.md has the same text with the error analysis.
+//
+// The algorithm: reduce-scatter, then all-gather, each value rounded at most twice.
+//   The buffer of `count` values is cut into N contiguous shards of nearly equal size
+//   (shard j = [j*count/N, (j+1)*count/N)); shard j is owned by the member of rank j. Each
+//   shard is cut into pieces of at most `chunk_values` values, the unit of pipelining.
+//   1. Contribute: every member encodes each piece of every shard with the wire codec and
+//      sends it to the shard's owner, piece-major (piece 0 of every shard, then piece 1, ...)
+//      starting with the next rank, so that all owners receive work from the start. The owner
+//      keeps its own encoded piece instead of sending it: its own values go through the same
+//      encode -> decode round trip as everybody else's.
+//   2. Reduce: as contributions of a piece arrive, the owner folds them into an fp32
+//      accumulator strictly in rank order 0, 1, ..., N-1 (a contribution that arrives early
+//      waits for the ranks before it), so the sum does not depend on arrival order. For a mean
+//      it divides by N once at the end.
+//   3. Broadcast: the owner encodes the reduced piece once and sends the same bytes to every
+//      other member, keeping a copy.
+//   4. Commit: when a member holds the encoded result of every piece of every shard, it decodes
+//      them all into the caller's buffer. Every member, owner included, decodes the same bytes,
+//      so all members end bit-identical.
+// Cost, with S = encoded size of the buffer: each member sends (N-1)/N * S in step 1 and
+// (N-1)/N * S in step 3, and receives as much: 2(N-1)/N * S each way (plus a 32-byte header
+// per piece and per-piece codec overhead, e.g. int8 block scales). Two message latencies per
+// piece on the critical path; pieces pipeline. Memory: the encoded results (about S) plus the
+// owner's fp32 accumulator (count/N values) and contributions waiting for their turn.
+// Error: each input value is rounded once by the codec (step 1), the fp32 sum adds at most
+// (N-1) fp32 roundings (relative 2^-24 each, negligible next to bf16/fp16/int8), and the
+// result is rounded once more (step 3). So the codec error does not grow with N: for int8,
+// |error| <= mean_i(step_i)/2 + step_result/2 <= one input quantization step.
+//
+// Failure: the caller's buffer is written only in step 4. A member that is lost (kPeerLost
+// from the transport, or a send to it failing), a malformed frame (kProtocol) or the deadline
+// (kTimeout) ends the operation with that error and the buffer untouched; retry under the new
+// view with a new op_id. Frames of other operations are not consumed (see on_recv).
+//
+// Threading: an AllReduce is driven by one thread at a time (it is a plain state machine:
+// start, then feed it what the transport's recv returns).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "net/quant/codec.h"
+#include "net/transport/transport.h"
+
+namespace meridian::net {
+
+enum class ReduceOp : uint8_t { kSum = 0, kMean = 1 };
+
+struct AllReduceOptions {
+  Codec codec = Codec::kFp32;
+  ReduceOp op = ReduceOp::kMean;
+  size_t chunk_values = 1u << 16;  // values per piece; bounds message size and pipelines work
+  int64_t timeout_ms = 60000;      // the whole operation, from start()
+  uint64_t op_id = 0;              // unique per operation; every member must use the same one
+};
+
+struct AllReduceStats {
+  uint64_t bytes_sent_total = 0;    // frames, headers included
+  uint64_t bytes_recv_total = 0;
+  uint64_t payload_bytes_sent = 0;  // encoded values only
+  uint64_t payload_bytes_recv = 0;
+  uint64_t messages_sent = 0;
+  uint64_t messages_recv = 0;
+  int64_t elapsed_us = 0;           // start() to commit or failure, on the transport's clock
+};
+
+// Wire frame P2P_Chunk: a 32-byte header, then encoded_size(codec, count) bytes.
+inline constexpr uint32_t kAllReduceMagic = 0x3152414du;  // "MAR1" little-endian
+inline constexpr uint16_t kAllReduceVersion = 1;
+inline constexpr size_t kAllReduceHeaderBytes = 32;
+// The op_id of an all-reduce frame, or nullopt if the bytes are not one.
+std::optional<uint64_t> all_reduce_frame_op_id(std::span<const std::byte> frame);
+
+class AllReduce {
+ public:
+  // members: the view's peers in rank order; transport.self() must be one of them.
+  AllReduce(Transport& transport, std::vector<PeerId> members, std::span<float> buffer,
+            const AllReduceOptions& options);
+
+  // Encodes and sends this member's contributions. With one member, finishes at once.
+  void start();
+
+  enum class Disposition {
+    kConsumed,  // the event belonged to this operation (or was a loss notice, timeout, ...)
+    kForeign,   // a frame of another operation: untouched, the caller may keep it for later
+  };
+  // Feeds what transport.recv() returned. Ignored once done().
+  Disposition on_recv(const NetStatus& status, Message& message);
+  // Fails the operation with kTimeout once the clock has reached deadline_us().
+  void check_deadline();
+
+  bool done() const { return done_; }
+  const NetStatus& status() const { return status_; }  // valid once done()
+  int64_t deadline_us() const { return deadline_us_; }
+  const AllReduceStats& stats() const { return stats_; }
+  size_t rank() const { return rank_; }
+
+ private:
+  struct Range {
+    size_t begin = 0;
+    size_t count = 0;
+  };
+  size_t shard_begin(size_t shard) const { return shard * count_ / world_; }
+  size_t piece_count(size_t shard) const;
+  Range piece_range(size_t shard, size_t piece) const;
+
+  std::vector<std::byte> make_frame(uint8_t kind, size_t shard, size_t piece, std::span<const float> values) const;
+  NetStatus send_frame(size_t rank, std::vector<std::byte> frame);
+  void on_frame(PeerId peer, std::vector<std::byte>& frame);
+  void fold_ready(size_t piece);   // owner: fold contributions in rank order while possible
+  void finish_piece(size_t piece); // owner: divide, encode once, broadcast
+  void store_result(size_t shard, size_t piece, std::vector<std::byte> frame);
+  void commit();
+  void fail(NetStatus status);
+
+  Transport& transport_;
+  std::vector<PeerId> members_;
+  std::vector<int32_t> rank_of_peer_;  // PeerId -> rank, -1 if not a member
+  std::span<float> buffer_;            // written only by commit()
+  AllReduceOptions options_;
+  size_t world_ = 0;
+  size_t rank_ = 0;
+  size_t count_ = 0;
+
+  // Owner side (shard == rank_): contributions_[piece][rank] holds a whole frame until folded.
+  std::vector<float> acc_;  // f32 [shard length]
+  std::vector<std::vector<std::vector<std::byte>>> contributions_;
+  std::vector<size_t> next_fold_rank_;
+  // Every member: results_[shard][piece] holds the owner's encoded result frame.
+  std::vector<std::vector<std::vector<std::byte>>> results_;
+  size_t results_held_ = 0;
+  size_t results_total_ = 0;
+
+  int64_t start_us_ = 0;
+  int64_t deadline_us_ = 0;
+  bool started_ = false;
+  bool done_ = false;
+  NetStatus status_;
+  AllReduceStats stats_;
+};
+
+// Blocking driver for one member: runs an AllReduce to completion on a transport whose recv
+// waits (TCP, or a lone simulated endpoint). Frames that belong to a later operation (a fast
+// peer already started the next one) are kept and replayed into the next run; frames of older
+// operations are dropped.
+class AllReduceRunner {
+ public:
+  explicit AllReduceRunner(Transport& transport) : transport_(transport) {}
+  NetStatus run(const std::vector<PeerId>& members, std::span<float> buffer, const AllReduceOptions& options,
+                AllReduceStats* stats = nullptr);
+
+ private:
+  Transport& transport_;
+  std::vector<Message> early_;  // frames of operations with a larger op_id
+};
+
+}  // namespace meridian::net

@@ -1,0 +1,351 @@
+#include "train/trainer.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <thread>
+
+#include "core/assert.h"
+#include "core/file.h"
+#include "core/hash.h"
+#include "data/tokenizer.h"
+#include "io/checkpoint.h"
+#include "metrics/model_stats.h"
+#include "train/autocast.h"
+#include "train/schedule.h"
+
+namespace fs = std::filesystem;
+
+namespace meridian::train {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::string format_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const int64_t total = static_cast<int64_t>(s + 0.5);
+  if (total >= 3600) return fmt::format("{}h{:02}m", total / 3600, (total % 3600) / 60);
+  if (total >= 60) return fmt::format("{}m{:02}s", total / 60, total % 60);
+  return fmt::format("{}s", total);
+}
+
+torch::Tensor rng_state() {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+
+void set_rng_state(const torch::Tensor& state) {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+}
+
+}  // namespace
+
+double measure_matmul_flops() {
+  torch::NoGradGuard no_grad;
+  const int64_t n = 512;
+  auto a = torch::randn({n, n}), b = torch::randn({n, n});
+  auto c = torch::matmul(a, b);  // warm up
+  int64_t iters = 0;
+  const auto t0 = Clock::now();
+  while (seconds_since(t0) < 0.2) {
+    c = torch::matmul(a, b);
+    ++iters;
+  }
+  return 2.0 * n * n * n * static_cast<double>(iters) / seconds_since(t0);
+}
+
+Trainer::Trainer(const Config& config, TrainerOptions options) : config_(config), options_(std::move(options)) {}
+
+Result<std::unique_ptr<Trainer>> Trainer::create(const Config& config, TrainerOptions options) {
+  std::unique_ptr<Trainer> t(new Trainer(config, std::move(options)));
+  const auto& tc = t->config_.train;
+  torch::set_num_threads(tc.threads > 0 ? static_cast<int>(tc.threads)
+                                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  torch::manual_seed(static_cast<uint64_t>(tc.seed));
+  t->model_ = model::Llama(t->config_.model);
+  for (auto& p : t->model_->parameters()) t->params_.push_back(p);
+  NamedTensors named;
+  for (auto& item : t->model_->named_parameters()) named.emplace_back(item.key(), item.value());
+  t->optimizer_ = std::make_unique<AdamW>(named, AdamWOptions{tc.beta1, tc.beta2, tc.eps, tc.weight_decay});
+  t->flops_per_token_ = metrics::model_stats(t->config_.model, tc.seq_len).flops_per_token;
+  t->peak_flops_ = t->config_.run.peak_tflops > 0 ? t->config_.run.peak_tflops * 1e12 : measure_matmul_flops();
+
+  MERIDIAN_RETURN_IF_ERROR(t->init_data());
+  if (!t->options_.resume.empty()) MERIDIAN_RETURN_IF_ERROR(t->load(t->options_.resume));
+
+  if (t->options_.write_run_dir) {
+    std::error_code ec;
+    fs::create_directories(t->config_.run.dir, ec);
+    if (ec) return Status::error(t->config_.run.dir + ": cannot create run directory (" + ec.message() + ")", "set run.dir to a writable path");
+    MERIDIAN_RETURN_IF_ERROR(write_file_atomic((fs::path(t->config_.run.dir) / "config.toml").string(), to_toml(t->config_)));
+    auto sink = metrics::JsonlSink::open((fs::path(t->config_.run.dir) / "metrics.jsonl").string());
+    if (!sink) return sink.status();
+    t->metrics_ = std::move(sink.value());
+  }
+  return t;
+}
+
+Status Trainer::init_data() {
+  if (options_.synthetic_data) return Status::ok();
+  const auto& tc = config_.train;
+  auto train = data::TokenLoader::open(config_.data.train_path, tc.seq_len, static_cast<uint64_t>(tc.seed));
+  if (!train) return Status::error(train.status().message(), train.status().hint().empty()
+                                       ? "create shards with `meridian tokenize` (or `make demo-data` for the demo corpus)"
+                                       : train.status().hint());
+  if (train->vocab_size() > static_cast<uint32_t>(config_.model.vocab_size))
+    return Status::error(fmt::format("{}: shards use a vocabulary of {} tokens, model.vocab_size is {}", config_.data.train_path,
+                                     train->vocab_size(), config_.model.vocab_size),
+                         "set model.vocab_size to at least the tokenizer's vocabulary");
+  train_data_.emplace(std::move(train.value()));
+  if (!config_.data.val_path.empty()) {
+    auto val = data::TokenLoader::open(config_.data.val_path, tc.seq_len, static_cast<uint64_t>(tc.seed) + 1);
+    if (!val) return val.status();
+    val_data_.emplace(std::move(val.value()));
+  }
+  return Status::ok();
+}
+
+void Trainer::next_batch(data::TokenLoader* loader, torch::Tensor& inputs, torch::Tensor& targets) {
+  const auto B = config_.train.batch_size, T = config_.train.seq_len;
+  inputs = torch::empty({B, T}, torch::kInt64);
+  targets = torch::empty({B, T}, torch::kInt64);
+  if (loader) {
+    loader->next_batch(B, inputs.data_ptr<int64_t>(), targets.data_ptr<int64_t>());
+    return;
+  }
+  // Synthetic tokens from our own RNG: benchmarks measure compute, not data.
+  SplitMix64 rng(static_cast<uint64_t>(config_.train.seed) * 1000003 + synthetic_counter_++);
+  auto* in = inputs.data_ptr<int64_t>();
+  auto* tg = targets.data_ptr<int64_t>();
+  for (int64_t i = 0; i < B * T; ++i) {
+    in[i] = static_cast<int64_t>(rng.below(static_cast<uint64_t>(config_.model.vocab_size)));
+    tg[i] = static_cast<int64_t>(rng.below(static_cast<uint64_t>(config_.model.vocab_size)));
+  }
+}
+
+StepMetrics Trainer::train_step() {
+  const auto& tc = config_.train;
+  const auto t0 = Clock::now();
+  model_->train();
+  optimizer_->zero_grad();
+
+  // Forward and backward over grad_accum micro-batches; each contributes 1/grad_accum.
+  double loss_sum = 0, z_sum = 0;
+  for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+    torch::Tensor inputs, targets;
+    next_batch(train_data_ ? &*train_data_ : nullptr, inputs, targets);
+    torch::Tensor logits;
+    {
+      AutocastGuard autocast(tc.bf16, /*cuda=*/false);
+      logits = model_->forward(inputs);  // f32 [B, T, V]
+    }
+    auto loss = model::lm_loss(logits, targets, tc.z_loss_weight);
+    (loss.total / static_cast<double>(tc.grad_accum)).backward();
+    loss_sum += loss.ce.item<double>();
+    z_sum += loss.z.item<double>();
+  }
+
+  // Clip, then the AdamW step with this step's learning rate.
+  StepMetrics m;
+  m.step = step_ + 1;
+  m.grad_norm = clip_grad_norm(params_, tc.grad_clip);
+  m.lr = wsd_lr(tc, m.step);
+  optimizer_->step(m.lr);
+  step_ = m.step;
+
+  const int64_t tokens = tc.batch_size * tc.seq_len * tc.grad_accum;
+  tokens_seen_ += tokens;
+  m.loss = loss_sum / static_cast<double>(tc.grad_accum);
+  m.z_loss = z_sum / static_cast<double>(tc.grad_accum);
+  m.step_seconds = seconds_since(t0);
+  m.tokens_per_s = static_cast<double>(tokens) / m.step_seconds;
+  m.mfu = flops_per_token_ * m.tokens_per_s / peak_flops_;
+  return m;
+}
+
+std::optional<double> Trainer::evaluate(int64_t batches) {
+  if (!val_data_ || batches <= 0) return std::nullopt;
+  torch::NoGradGuard no_grad;
+  model_->eval();
+  const auto saved = val_data_->cursor();
+  val_data_->set_cursor({});  // the same sequences every time, so evaluations compare
+  double sum = 0;
+  for (int64_t i = 0; i < batches; ++i) {
+    torch::Tensor inputs, targets;
+    next_batch(&*val_data_, inputs, targets);
+    AutocastGuard autocast(config_.train.bf16, /*cuda=*/false);
+    sum += model::lm_loss(model_->forward(inputs), targets, 0.0).ce.item<double>();
+  }
+  val_data_->set_cursor(saved);
+  return sum / static_cast<double>(batches);
+}
+
+void Trainer::log_step(const StepMetrics& m, double eta_seconds) {
+  if (options_.out) {
+    std::fprintf(options_.out,
+                 "step %6lld/%lld | loss %.4f | ppl %8.2f | lr %.2e | %7.0f tok/s | MFU %5.1f%% | gnorm %6.3f | ETA %s\n",
+                 static_cast<long long>(m.step), static_cast<long long>(config_.train.steps), m.loss, std::exp(m.loss), m.lr,
+                 m.tokens_per_s, 100.0 * m.mfu, m.grad_norm, format_duration(eta_seconds).c_str());
+    std::fflush(options_.out);
+  }
+  nlohmann::ordered_json j;
+  j["type"] = "inner";
+  j["step"] = m.step;
+  j["loss"] = m.loss;
+  j["ppl"] = std::exp(m.loss);
+  j["z_loss"] = m.z_loss;
+  j["lr"] = m.lr;
+  j["grad_norm"] = m.grad_norm;
+  j["step_s"] = m.step_seconds;
+  j["tokens_per_s"] = m.tokens_per_s;
+  j["mfu"] = m.mfu;
+  j["tokens_seen"] = tokens_seen_;
+  metrics_.write(j.dump());
+}
+
+Result<TrainSummary> Trainer::run() {
+  const auto& tc = config_.train;
+  const int64_t last = tc.stop_at_step > 0 ? tc.stop_at_step : tc.steps;
+  TrainSummary summary;
+  summary.first_step = step_ + 1;
+  summary.unigram_entropy = train_data_ ? train_data_->unigram_entropy_nats() : 0.0;
+  const auto t0 = Clock::now();
+  const int64_t tokens_at_start = tokens_seen_;
+  double window_loss = 0, avg_step_s = 0;
+  int64_t window_steps = 0;
+
+  while (step_ < last) {
+    StepMetrics m = train_step();
+    if (m.step == summary.first_step) summary.first_loss = m.loss;
+    avg_step_s = avg_step_s == 0 ? m.step_seconds : 0.9 * avg_step_s + 0.1 * m.step_seconds;
+    window_loss += m.loss;
+    ++window_steps;
+    if (!std::isfinite(m.loss))
+      return Status::error(fmt::format("loss is {} at step {}", m.loss, m.step), "lower train.lr or raise train.warmup_steps");
+    if (m.step % tc.log_every == 0 || m.step == last) {
+      log_step(m, avg_step_s * static_cast<double>(last - m.step));
+      summary.final_loss = window_loss / static_cast<double>(window_steps);
+      window_loss = 0;
+      window_steps = 0;
+    }
+    const bool eval_now = (tc.eval_every > 0 && m.step % tc.eval_every == 0) || m.step == last;
+    if (eval_now) {
+      summary.val_loss = evaluate(tc.eval_batches);
+      if (summary.val_loss) {
+        if (options_.out) std::fprintf(options_.out, "eval   step %lld | val loss %.4f | val ppl %.2f\n", static_cast<long long>(m.step), *summary.val_loss, std::exp(*summary.val_loss));
+        nlohmann::ordered_json j{{"type", "eval"}, {"step", m.step}, {"val_loss", *summary.val_loss}, {"val_ppl", std::exp(*summary.val_loss)}};
+        metrics_.write(j.dump());
+      }
+    }
+    const bool checkpoint_now = options_.write_run_dir && ((tc.checkpoint_every > 0 && m.step % tc.checkpoint_every == 0) || m.step == last);
+    if (checkpoint_now) {
+      auto saved = save_checkpoint();
+      if (!saved) return saved.status();
+      summary.checkpoint = saved.value();
+    }
+  }
+  summary.last_step = step_;
+  summary.seconds = seconds_since(t0);
+  summary.tokens_per_s = static_cast<double>(tokens_seen_ - tokens_at_start) / std::max(summary.seconds, 1e-9);
+  summary.state_hash = state_hash();
+  return summary;
+}
+
+Result<std::string> Trainer::save_checkpoint() {
+  io::NamedTensors model;
+  for (auto& item : model_->named_parameters()) model.emplace_back(item.key(), item.value());
+  io::NamedTensors state = optimizer_->state();
+  state.emplace_back("rng.torch_cpu", rng_state());
+  data::ByteTokenizer bytes;
+  io::Metadata meta{{"meridian.optimizer_step", std::to_string(optimizer_->step_count())},
+                    {"meridian.tokens_seen", std::to_string(tokens_seen_)},
+                    {"meridian.config_hash", config_hash(config_)},
+                    {"meridian.model_hash", model_hash(config_.model)},
+                    {"meridian.config", to_toml(config_)},
+                    {"meridian.bos_id", std::to_string(bytes.bos_id())},
+                    {"meridian.eos_id", std::to_string(bytes.eos_id())}};
+  if (train_data_) {
+    meta["meridian.data_epoch"] = std::to_string(train_data_->cursor().epoch);
+    meta["meridian.data_position"] = std::to_string(train_data_->cursor().position);
+  }
+  return io::save_checkpoint(config_.run.dir, step_, config_.model, model, state, meta, config_.train.keep_checkpoints);
+}
+
+Status Trainer::load(const std::string& checkpoint_dir) {
+  auto loaded = io::load_checkpoint(checkpoint_dir);
+  if (!loaded) return loaded.status();
+  auto& ck = loaded.value();
+  auto meta = [&](const std::string& key) -> Result<int64_t> {
+    auto it = ck.meta.find(key);
+    if (it == ck.meta.end()) return Status::error(checkpoint_dir + ": state.safetensors lacks metadata '" + key + "'", "the checkpoint is incomplete; use an earlier one");
+    try {
+      return static_cast<int64_t>(std::stoll(it->second));
+    } catch (...) {
+      return Status::error(checkpoint_dir + ": metadata '" + key + "' is not an integer: '" + it->second + "'");
+    }
+  };
+  if (ck.meta["meridian.model_hash"] != model_hash(config_.model))
+    return Status::error(checkpoint_dir + ": the checkpoint was written for another model shape than the config's",
+                         "resume with the checkpoint's own config (omit --config) or fix the [model] section");
+
+  // Weights: every parameter must be present with the same shape.
+  torch::NoGradGuard no_grad;
+  std::map<std::string, torch::Tensor> weights(ck.model.begin(), ck.model.end());
+  for (auto& item : model_->named_parameters()) {
+    auto it = weights.find(item.key());
+    if (it == weights.end()) return Status::error(checkpoint_dir + "/model.safetensors: missing tensor '" + item.key() + "'");
+    if (it->second.sizes() != item.value().sizes())
+      return Status::error(fmt::format("{}/model.safetensors: tensor '{}' has shape {}, the model needs {}", checkpoint_dir, item.key(),
+                                       c10::str(it->second.sizes()), c10::str(item.value().sizes())));
+    item.value().copy_(it->second);
+  }
+  auto opt_step = meta("meridian.optimizer_step");
+  if (!opt_step) return opt_step.status();
+  const std::string err = optimizer_->load_state(ck.state, opt_step.value());
+  if (!err.empty()) return Status::error(checkpoint_dir + "/state.safetensors: " + err);
+  for (const auto& [name, t] : ck.state)
+    if (name == "rng.torch_cpu") set_rng_state(t);
+
+  auto step = meta("meridian.step");
+  auto tokens = meta("meridian.tokens_seen");
+  if (!step) return step.status();
+  if (!tokens) return tokens.status();
+  step_ = step.value();
+  tokens_seen_ = tokens.value();
+  if (train_data_) {
+    auto epoch = meta("meridian.data_epoch");
+    auto position = meta("meridian.data_position");
+    if (!epoch) return epoch.status();
+    if (!position) return position.status();
+    if (static_cast<uint64_t>(position.value()) >= train_data_->num_sequences())
+      return Status::error(fmt::format("{}: data cursor {} is past the {} sequences of {}", checkpoint_dir, position.value(),
+                                       train_data_->num_sequences(), config_.data.train_path),
+                           "resume with the same data.train_path and train.seq_len as the run that saved it");
+    train_data_->set_cursor({static_cast<uint64_t>(epoch.value()), static_cast<uint64_t>(position.value())});
+  }
+  return Status::ok();
+}
+
+std::string Trainer::state_hash() const {
+  io::NamedTensors all;
+  for (auto& item : model_->named_parameters()) all.emplace_back(item.key(), item.value());
+  for (auto& item : optimizer_->state()) all.push_back(item);
+  const auto cursor = train_data_ ? train_data_->cursor() : data::LoaderCursor{};
+  auto counters = torch::tensor({step_, optimizer_->step_count(), tokens_seen_, static_cast<int64_t>(cursor.epoch),
+                                 static_cast<int64_t>(cursor.position)},
+                                torch::kInt64);
+  all.emplace_back("counters", counters);
+  return io::tensors_hash(all);
+}
+
+}  // namespace meridian::train

@@ -1,0 +1,102 @@
+// The single-node trainer: the inner loop of DESIGN.md section 1. It owns the model, the AdamW
+// state, the data loaders, the run directory (resolved config, metrics.jsonl, checkpoints) and
+// the counters, and can resume bit-exactly from a checkpoint. DiLoCo's outer loop drives the
+// same train_step() (see train/diloco.* when it lands).
+//
+// Deliberately not here: anything distributed, tokenization, parsing of the CLI.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "config/config.h"
+#include "core/status.h"
+#include "data/loader.h"
+#include "metrics/jsonl.h"
+#include "model/llama.h"
+#include "train/optimizer.h"
+
+namespace meridian::train {
+
+struct StepMetrics {
+  int64_t step = 0;
+  double loss = 0;        // mean cross-entropy of the step's tokens (nats/token)
+  double z_loss = 0;      // mean squared log-sum-exp (unweighted)
+  double lr = 0;
+  double grad_norm = 0;   // before clipping
+  double step_seconds = 0;
+  double tokens_per_s = 0;
+  double mfu = 0;         // fraction of run.peak_tflops
+};
+
+struct TrainSummary {
+  int64_t first_step = 0;
+  int64_t last_step = 0;
+  double first_loss = 0;
+  double final_loss = 0;   // mean training loss over the last log window
+  std::optional<double> val_loss;
+  double unigram_entropy = 0;
+  double seconds = 0;
+  double tokens_per_s = 0;
+  std::string checkpoint;  // directory of the final checkpoint
+  std::string state_hash;
+};
+
+struct TrainerOptions {
+  std::string resume;          // checkpoint directory to continue from ("" = fresh run)
+  std::FILE* out = stdout;     // progress lines; nullptr = silent
+  bool write_run_dir = true;   // resolved config, metrics.jsonl, checkpoints
+  bool synthetic_data = false; // random tokens instead of shards (benchmarks)
+};
+
+class Trainer {
+ public:
+  static Result<std::unique_ptr<Trainer>> create(const Config& config, TrainerOptions options);
+
+  // Trains until train.steps (or train.stop_at_step), evaluating, logging and checkpointing as
+  // configured; always leaves a checkpoint of the last step when write_run_dir is set.
+  Result<TrainSummary> run();
+
+  // One optimizer step: grad_accum micro-batches forward/backward, clip, AdamW with the WSD lr.
+  StepMetrics train_step();
+  // Mean validation cross-entropy over `batches` micro-batches, always the same sequences.
+  std::optional<double> evaluate(int64_t batches);
+  Result<std::string> save_checkpoint();
+
+  // XXH3-128 of every parameter, optimizer moment, the step and the data cursor.
+  std::string state_hash() const;
+  model::Llama& model() { return model_; }
+  int64_t step() const { return step_; }
+  const Config& config() const { return config_; }
+  double peak_flops() const { return peak_flops_; }
+
+ private:
+  Trainer(const Config& config, TrainerOptions options);
+  Status init_data();
+  Status load(const std::string& checkpoint_dir);
+  void next_batch(data::TokenLoader* loader, torch::Tensor& inputs, torch::Tensor& targets);
+  void log_step(const StepMetrics& m, double eta_seconds);
+
+  Config config_;
+  TrainerOptions options_;
+  model::Llama model_{nullptr};
+  std::unique_ptr<AdamW> optimizer_;
+  std::vector<torch::Tensor> params_;
+  std::optional<data::TokenLoader> train_data_;
+  std::optional<data::TokenLoader> val_data_;
+  metrics::JsonlSink metrics_;
+  int64_t step_ = 0;
+  int64_t tokens_seen_ = 0;
+  double flops_per_token_ = 0;
+  double peak_flops_ = 0;
+  uint64_t synthetic_counter_ = 0;
+};
+
+// Measures this machine's fp32 matmul rate (FLOP/s) for ~0.2 s: the MFU denominator on CPUs.
+double measure_matmul_flops();
+
+}  // namespace meridian::train
