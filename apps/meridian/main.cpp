@@ -67,6 +67,7 @@ Result<Config> resume_config(const ConfigArgs& args, const std::string& checkpoi
     return Status::error(checkpoint_dir + "/state.safetensors: no saved config", "pass --config with the run's config file");
   Config config;
   MERIDIAN_RETURN_IF_ERROR(apply_toml(config, it->second, checkpoint_dir + " (saved config)"));
+  config.train.stop_at_step = 0;  // a resumed run goes on to train.steps unless told otherwise
   MERIDIAN_RETURN_IF_ERROR(apply_overrides(config, args.overrides));
   MERIDIAN_RETURN_IF_ERROR(validate(config));
   return config;

@@ -98,6 +98,12 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Config& config, TrainerOp
 Status Trainer::init_data() {
   if (options_.synthetic_data) return Status::ok();
   const auto& tc = config_.train;
+  for (const auto& [key, path] : {std::pair{"data.train_path", config_.data.train_path}, std::pair{"data.val_path", config_.data.val_path}}) {
+    std::error_code ec;
+    if (!path.empty() && !fs::exists(path, ec))
+      return Status::error(fmt::format("{} '{}' does not exist", key, path),
+                           "create shards with `meridian tokenize --input FILES --output DIR` (`make demo-data` for the demo corpus)");
+  }
   auto train = data::TokenLoader::open(config_.data.train_path, tc.seq_len, static_cast<uint64_t>(tc.seed));
   if (!train) return Status::error(train.status().message(), train.status().hint().empty()
                                        ? "create shards with `meridian tokenize` (or `make demo-data` for the demo corpus)"

@@ -297,6 +297,11 @@ void AllReduce::check_deadline() {
 
 // ---- AllReduceRunner ------------------------------------------------------------------------
 
+void AllReduceRunner::keep_early(Message& message, uint64_t current_op_id) {
+  const std::optional<uint64_t> id = all_reduce_frame_op_id(message.bytes);
+  if (id && *id > current_op_id && early_.size() < kMaxEarlyFrames) early_.push_back(std::move(message));
+}
+
 NetStatus AllReduceRunner::run(const std::vector<PeerId>& members, std::span<float> buffer,
                                const AllReduceOptions& options, AllReduceStats* stats) {
   AllReduce op(transport_, members, buffer, options);
@@ -308,17 +313,14 @@ NetStatus AllReduceRunner::run(const std::vector<PeerId>& members, std::span<flo
     const std::optional<uint64_t> id = all_reduce_frame_op_id(m.bytes);
     if (id && *id == options.op_id) {
       op.on_recv(NetStatus::ok(), m);
-    } else if (id && *id > options.op_id) {
-      early_.push_back(std::move(m));
+    } else {
+      keep_early(m, options.op_id);
     }
   }
   while (!op.done()) {
     Message m;
     const NetStatus st = transport_.recv(&m, op.deadline_us());
-    if (op.on_recv(st, m) == AllReduce::Disposition::kForeign) {
-      const std::optional<uint64_t> id = all_reduce_frame_op_id(m.bytes);
-      if (id && *id > options.op_id) early_.push_back(std::move(m));
-    }
+    if (op.on_recv(st, m) == AllReduce::Disposition::kForeign) keep_early(m, options.op_id);
   }
   if (stats != nullptr) *stats = op.stats();
   return op.status();

@@ -146,7 +146,8 @@ class AllReduce {
 // Blocking driver for one member: runs an AllReduce to completion on a transport whose recv
 // waits (TCP, or a lone simulated endpoint). Frames that belong to a later operation (a fast
 // peer already started the next one) are kept and replayed into the next run; frames of older
-// operations are dropped.
+// operations are dropped. The stash is bounded (kMaxEarlyFrames); beyond it, early frames are
+// dropped and that later operation times out rather than memory growing without bound.
 class AllReduceRunner {
  public:
   explicit AllReduceRunner(Transport& transport) : transport_(transport) {}
@@ -154,6 +155,9 @@ class AllReduceRunner {
                 AllReduceStats* stats = nullptr);
 
  private:
+  static constexpr size_t kMaxEarlyFrames = 1u << 16;
+  void keep_early(Message& message, uint64_t current_op_id);
+
   Transport& transport_;
   std::vector<Message> early_;  // frames of operations with a larger op_id
 };

@@ -22,7 +22,7 @@
 // giving up portable binaries. Both versions perform the same IEEE operations (no FMA: the file
 // is built without contraction), so their results are bit-identical.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(MERIDIAN_NO_TARGET_CLONES)
-#define MERIDIAN_CODEC_KERNEL __attribute__((target_clones("avx2", "default"))) __attribute__((noinline))
+#define MERIDIAN_CODEC_KERNEL __attribute__((target_clones("avx2", "default")))
 #else
 #define MERIDIAN_CODEC_KERNEL
 #endif

@@ -1,0 +1,428 @@
+#include "net/transport/tcp_transport.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include "core/assert.h"
+
+namespace meridian::net {
+
+namespace {
+
+constexpr uint32_t kHelloMagic = 0x4854524du;  // "MRTH"
+constexpr uint32_t kFrameMagic = 0x4654524du;  // "MRTF"
+constexpr uint16_t kTcpVersion = 1;
+constexpr int64_t kHelloTimeoutUs = 2'000'000;  // a connector that says nothing is dropped after this
+
+struct Hello {
+  uint32_t magic = kHelloMagic;
+  uint16_t version = kTcpVersion;
+  uint16_t reserved = 0;
+  uint32_t from_peer = 0;
+  uint32_t stream = 0;
+};
+static_assert(sizeof(Hello) == 16, "P2P_Hello is 16 bytes");
+
+std::string errno_text(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
+
+int64_t steady_now_us() { return SteadyClock().now_us(); }
+
+int poll_timeout_ms(int64_t deadline_us) {
+  const int64_t left = deadline_us - steady_now_us();
+  if (left <= 0) return 0;
+  return static_cast<int>(std::min<int64_t>((left + 999) / 1000, 1'000'000));
+}
+
+void set_nonblocking(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL, 0) | O_NONBLOCK); }
+
+void tune_socket(int fd, int buffer_bytes) {
+  const int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer_bytes, sizeof(buffer_bytes));
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof(buffer_bytes));
+}
+
+Result<sockaddr_in> resolve(const std::string& host, uint16_t port) {
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  const int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &res);
+  if (rc != 0 || res == nullptr) {
+    return Status::error("cannot resolve host '" + host + "': " + ::gai_strerror(rc));
+  }
+  sockaddr_in addr = *reinterpret_cast<const sockaddr_in*>(res->ai_addr);
+  ::freeaddrinfo(res);
+  addr.sin_port = htons(port);
+  return addr;
+}
+
+Result<std::pair<std::string, uint16_t>> split_host_port(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon + 1 == address.size()) {
+    return Status::error("address '" + address + "' is not host:port", "write it as 127.0.0.1:4000");
+  }
+  const unsigned long port = std::strtoul(address.c_str() + colon + 1, nullptr, 10);
+  if (port == 0 || port > 65535) return Status::error("address '" + address + "' has no valid port");
+  return std::make_pair(address.substr(0, colon), static_cast<uint16_t>(port));
+}
+
+// Writes all of `size` bytes before the deadline (used for the hello only).
+bool write_all(int fd, const void* data, size_t size, int64_t deadline_us) {
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::send(fd, p, size, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      p += n;
+      size -= static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return false;
+    pollfd pfd{fd, POLLOUT, 0};
+    if (::poll(&pfd, 1, poll_timeout_ms(deadline_us)) <= 0) return false;
+  }
+  return true;
+}
+
+bool read_all(int fd, void* data, size_t size, int64_t deadline_us) {
+  char* p = static_cast<char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::recv(fd, p, size, MSG_DONTWAIT);
+    if (n > 0) {
+      p += n;
+      size -= static_cast<size_t>(n);
+      continue;
+    }
+    if (n == 0) return false;
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return false;
+    pollfd pfd{fd, POLLIN, 0};
+    if (::poll(&pfd, 1, poll_timeout_ms(deadline_us)) <= 0) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+struct TcpTransport::Connection {
+  struct OutFrame {
+    uint32_t header[2] = {kFrameMagic, 0};
+    std::vector<std::byte> payload;
+    size_t sent = 0;  // bytes of header + payload already written
+  };
+
+  int fd = -1;
+  PeerId peer = kNoPeer;
+  size_t stream = 0;
+  std::deque<OutFrame> queued;   // guarded by mutex_: send() appends here
+  // Owned by the I/O thread:
+  bool open = true;
+  std::deque<OutFrame> writing;  // taken from `queued`, being written
+  uint32_t header[2] = {0, 0};
+  size_t header_got = 0;
+  bool in_payload = false;
+  std::vector<std::byte> payload;
+  size_t payload_got = 0;
+};
+
+TcpTransport::TcpTransport(const TcpTransportOptions& options) : options_(options) {}
+
+Result<std::unique_ptr<TcpTransport>> TcpTransport::listen(const TcpTransportOptions& options) {
+  MERIDIAN_ASSERT(options.streams_per_peer >= 1, "streams_per_peer must be >= 1");
+  std::unique_ptr<TcpTransport> t(new TcpTransport(options));
+  Result<sockaddr_in> addr = resolve(options.listen_host, options.listen_port);
+  if (!addr) return addr.status();
+  t->listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (t->listen_fd_ < 0) return Status::error(errno_text("socket"));
+  const int one = 1;
+  ::setsockopt(t->listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  tune_socket(t->listen_fd_, options.socket_buffer_bytes);  // inherited by accepted sockets
+  const std::string where = options.listen_host + ":" + std::to_string(options.listen_port);
+  if (::bind(t->listen_fd_, reinterpret_cast<const sockaddr*>(&*addr), sizeof(sockaddr_in)) != 0) {
+    return Status::error(errno_text(("bind " + where).c_str()), "pick another port, or 0 to let the OS choose");
+  }
+  if (::listen(t->listen_fd_, 1024) != 0) return Status::error(errno_text(("listen " + where).c_str()));
+  sockaddr_in bound{};
+  socklen_t len = sizeof(bound);
+  ::getsockname(t->listen_fd_, reinterpret_cast<sockaddr*>(&bound), &len);
+  t->listen_port_ = ntohs(bound.sin_port);
+  if (::pipe2(t->wake_fds_, O_CLOEXEC | O_NONBLOCK) != 0) return Status::error(errno_text("pipe"));
+  return t;
+}
+
+TcpTransport::~TcpTransport() {
+  stop_ = true;
+  if (io_thread_.joinable()) {
+    wake_io();
+    io_thread_.join();
+  }
+  for (auto& c : connections_) {
+    if (c->fd >= 0) ::close(c->fd);
+  }
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+  for (int fd : wake_fds_) {
+    if (fd >= 0) ::close(fd);
+  }
+}
+
+Status TcpTransport::connect_mesh(PeerId self, const std::vector<std::string>& peer_addresses, int64_t deadline_us) {
+  MERIDIAN_ASSERT(!io_thread_.joinable(), "connect_mesh called twice");
+  MERIDIAN_ASSERT(self < peer_addresses.size(), "self {} not among {} peers", self, peer_addresses.size());
+  self_ = self;
+  peer_count_ = peer_addresses.size();
+  const size_t streams = options_.streams_per_peer;
+  streams_.assign(peer_count_, std::vector<Connection*>(streams, nullptr));
+  lost_.assign(peer_count_, false);
+  next_stream_.assign(peer_count_, 0);
+  auto add_connection = [&](int fd, PeerId peer, size_t stream) {
+    set_nonblocking(fd);
+    auto c = std::make_unique<Connection>();
+    c->fd = fd;
+    c->peer = peer;
+    c->stream = stream;
+    streams_[peer][stream] = c.get();
+    connections_.push_back(std::move(c));
+  };
+
+  // Outbound first: connect() completes against the listener's backlog even before the peer
+  // calls accept(), so connecting first and accepting second cannot deadlock.
+  for (PeerId peer = 0; peer < self; ++peer) {
+    Result<std::pair<std::string, uint16_t>> hp = split_host_port(peer_addresses[peer]);
+    if (!hp) return hp.status();
+    Result<sockaddr_in> addr = resolve(hp->first, hp->second);
+    if (!addr) return addr.status();
+    for (size_t stream = 0; stream < streams; ++stream) {
+      int fd = -1;
+      for (;;) {  // bounded by the deadline: the peer may not listen yet
+        fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0) return Status::error(errno_text("socket"));
+        tune_socket(fd, options_.socket_buffer_bytes);
+        int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&*addr), sizeof(sockaddr_in));
+        if (rc != 0 && errno == EINPROGRESS) {
+          pollfd pfd{fd, POLLOUT, 0};
+          rc = ::poll(&pfd, 1, poll_timeout_ms(deadline_us)) == 1 ? 0 : -1;
+          int err = 0;
+          socklen_t len = sizeof(err);
+          if (rc == 0 && (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0)) rc = -1;
+        }
+        if (rc == 0) break;
+        ::close(fd);
+        if (steady_now_us() >= deadline_us) {
+          return Status::error("cannot connect to peer " + std::to_string(peer) + " at " + peer_addresses[peer] +
+                                   " before the deadline",
+                               "check that the peer is running and the address is reachable");
+        }
+        pollfd none{-1, 0, 0};
+        ::poll(&none, 0, 20);  // back off before retrying a refused connection
+      }
+      Hello hello;
+      hello.from_peer = self;
+      hello.stream = static_cast<uint32_t>(stream);
+      if (!write_all(fd, &hello, sizeof(hello), deadline_us)) {
+        ::close(fd);
+        return Status::error("cannot send hello to peer " + std::to_string(peer) + " at " + peer_addresses[peer]);
+      }
+      add_connection(fd, peer, stream);
+    }
+  }
+
+  // Inbound: every peer with a larger id connects `streams` times.
+  size_t missing = (peer_count_ - 1 - self) * streams;
+  while (missing > 0) {
+    pollfd pfd{listen_fd_, POLLIN, 0};
+    if (::poll(&pfd, 1, poll_timeout_ms(deadline_us)) <= 0) {
+      std::string who;
+      for (PeerId p = self + 1; p < peer_count_; ++p) {
+        const size_t have = std::count_if(streams_[p].begin(), streams_[p].end(), [](Connection* c) { return c; });
+        if (have < streams) who += " " + std::to_string(p);
+      }
+      return Status::error("mesh incomplete at the deadline: no connection from peer(s)" + who,
+                           "check that every peer got the same address list and is running");
+    }
+    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) continue;
+    Hello hello;
+    const bool ok = read_all(fd, &hello, sizeof(hello), std::min(deadline_us, steady_now_us() + kHelloTimeoutUs)) &&
+                    hello.magic == kHelloMagic && hello.version == kTcpVersion && hello.from_peer > self &&
+                    hello.from_peer < peer_count_ && hello.stream < streams &&
+                    streams_[hello.from_peer][hello.stream] == nullptr;
+    if (!ok) {  // garbage, wrong version, or a duplicate: close it and keep waiting
+      ::close(fd);
+      continue;
+    }
+    add_connection(fd, hello.from_peer, hello.stream);
+    --missing;
+  }
+  io_thread_ = std::thread([this] { io_loop(); });
+  return Status::ok();
+}
+
+NetStatus TcpTransport::send(PeerId peer, std::vector<std::byte> bytes) {
+  MERIDIAN_ASSERT(io_thread_.joinable(), "send before connect_mesh");
+  MERIDIAN_ASSERT(peer < peer_count_ && peer != self_, "send from {} to invalid peer {} (of {})", self_, peer, peer_count_);
+  if (bytes.size() > options_.max_message_bytes) {
+    return NetStatus::error(NetCode::kMessageTooLarge, peer,
+                            std::to_string(bytes.size()) + " bytes > max " + std::to_string(options_.max_message_bytes));
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (lost_[peer]) return NetStatus::error(NetCode::kPeerLost, peer, "peer was declared lost");
+    Connection* c = streams_[peer][next_stream_[peer]++ % options_.streams_per_peer];
+    Connection::OutFrame f;
+    f.header[1] = static_cast<uint32_t>(bytes.size());
+    f.payload = std::move(bytes);
+    c->queued.push_back(std::move(f));
+  }
+  wake_io();
+  return NetStatus::ok();
+}
+
+NetStatus TcpTransport::recv(Message* message, int64_t deadline_us) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  const auto deadline = std::chrono::steady_clock::time_point(std::chrono::microseconds(deadline_us));
+  if (!inbox_cv_.wait_until(lock, deadline, [&] { return !inbox_.empty(); })) {
+    return NetStatus::error(NetCode::kTimeout, kNoPeer, "no message before the deadline");
+  }
+  Event e = std::move(inbox_.front());
+  inbox_.pop_front();
+  if (e.peer_lost) return NetStatus::error(NetCode::kPeerLost, e.from, e.detail);
+  message->peer = e.from;
+  message->bytes = std::move(e.bytes);
+  return NetStatus::ok();
+}
+
+void TcpTransport::wake_io() {
+  const char b = 1;
+  [[maybe_unused]] const ssize_t n = ::write(wake_fds_[1], &b, 1);  // EAGAIN: a wake-up is already pending
+}
+
+void TcpTransport::lose_peer(PeerId peer, const std::string& detail) {
+  for (Connection* c : streams_[peer]) {
+    if (c->open) {
+      ::shutdown(c->fd, SHUT_RDWR);
+      c->open = false;
+    }
+    c->writing.clear();
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (Connection* c : streams_[peer]) c->queued.clear();
+  if (lost_[peer]) return;
+  lost_[peer] = true;
+  inbox_.push_back(Event{peer, true, detail, {}});
+  inbox_cv_.notify_all();
+}
+
+void TcpTransport::io_loop() {
+  std::vector<pollfd> fds;
+  std::vector<Connection*> by_index;
+  while (!stop_) {
+    fds.assign(1, pollfd{wake_fds_[0], POLLIN, 0});
+    by_index.assign(1, nullptr);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto& c : connections_) {
+        while (!c->queued.empty()) {
+          c->writing.push_back(std::move(c->queued.front()));
+          c->queued.pop_front();
+        }
+      }
+    }
+    for (auto& c : connections_) {
+      if (!c->open) continue;
+      fds.push_back(pollfd{c->fd, static_cast<short>(POLLIN | (c->writing.empty() ? 0 : POLLOUT)), 0});
+      by_index.push_back(c.get());
+    }
+    if (::poll(fds.data(), fds.size(), -1) < 0) continue;  // EINTR
+    if (fds[0].revents & POLLIN) {
+      char drain[256];
+      while (::read(wake_fds_[0], drain, sizeof(drain)) > 0) {
+      }
+    }
+    for (size_t i = 1; i < fds.size(); ++i) {
+      Connection* c = by_index[i];
+      if (!c->open) continue;  // closed by lose_peer for another stream of the same peer
+      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) {
+        // Read what is there: frame header, then payload straight into its message buffer.
+        for (;;) {
+          ssize_t n;
+          if (!c->in_payload) {
+            n = ::recv(c->fd, reinterpret_cast<char*>(c->header) + c->header_got, 8 - c->header_got, MSG_DONTWAIT);
+          } else {
+            n = ::recv(c->fd, c->payload.data() + c->payload_got, c->payload.size() - c->payload_got, MSG_DONTWAIT);
+          }
+          if (n == 0) {
+            lose_peer(c->peer, "connection closed by the peer");
+            break;
+          }
+          if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
+            lose_peer(c->peer, errno_text("recv"));
+            break;
+          }
+          if (!c->in_payload) {
+            c->header_got += static_cast<size_t>(n);
+            if (c->header_got < 8) continue;
+            if (c->header[0] != kFrameMagic) {
+              lose_peer(c->peer, "garbage on stream " + std::to_string(c->stream) + " (bad frame magic)");
+              break;
+            }
+            if (c->header[1] > options_.max_message_bytes) {
+              lose_peer(c->peer, "frame of " + std::to_string(c->header[1]) + " bytes > max " +
+                                     std::to_string(options_.max_message_bytes));
+              break;
+            }
+            c->in_payload = true;
+            c->payload.assign(c->header[1], std::byte{0});
+            c->payload_got = 0;
+          } else {
+            c->payload_got += static_cast<size_t>(n);
+          }
+          if (c->in_payload && c->payload_got == c->payload.size()) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            inbox_.push_back(Event{c->peer, false, {}, std::move(c->payload)});
+            inbox_cv_.notify_all();
+            c->payload = {};
+            c->in_payload = false;
+            c->header_got = 0;
+          }
+        }
+      }
+      if (c->open && (fds[i].revents & POLLOUT)) {
+        while (!c->writing.empty()) {
+          Connection::OutFrame& f = c->writing.front();
+          iovec iov[2];
+          int iovcnt = 0;
+          if (f.sent < 8) {
+            iov[iovcnt++] = iovec{reinterpret_cast<char*>(f.header) + f.sent, 8 - f.sent};
+            iov[iovcnt++] = iovec{f.payload.data(), f.payload.size()};
+          } else {
+            iov[iovcnt++] = iovec{f.payload.data() + (f.sent - 8), f.payload.size() - (f.sent - 8)};
+          }
+          msghdr msg{};
+          msg.msg_iov = iov;
+          msg.msg_iovlen = static_cast<size_t>(iovcnt);
+          const ssize_t n = ::sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+          if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) lose_peer(c->peer, errno_text("send"));
+            break;
+          }
+          f.sent += static_cast<size_t>(n);
+          if (f.sent == 8 + f.payload.size()) c->writing.pop_front();
+        }
+      }
+    }
+  }
+}
+
+}  // namespace meridian::net

@@ -1,0 +1,103 @@
+// TCP transport: a full mesh between the peers of a view, several TCP streams per pair (one
+// stream cannot fill a long fat pipe), framed messages with a maximum size, large socket
+// buffers, and a deadline on every blocking call.
+//
+// Wire: each connection starts with a hello from the connecting side,
+//   P2P_Hello { u32 magic "MRTH", u16 version, u16 reserved, u32 from_peer, u32 stream }
+// then carries frames { u32 magic "MRTF", u32 length, length bytes }. A connection whose hello
+// or frame is garbage, of the wrong version, or longer than max_message_bytes is closed; since
+// a message may have been lost with it, its peer is reported lost (kPeerLost) -- and nothing
+// else is affected.
+//
+// Threads: one I/O thread per transport owns every socket and runs a poll() loop; send()
+// queues a frame for the I/O thread and returns; recv() waits on the inbox with its deadline.
+// mutex_ guards the queues, the inbox and the lost flags.
+//
+// Deliberately not here: authentication (the HMAC handshake of issue 3 wraps connect_mesh),
+// reconnection (a lost peer stays lost; the view changes), and flow control beyond TCP's own:
+// send() queues without bound, as the all-reduce sends at most its payload per operation.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/status.h"
+#include "net/transport/transport.h"
+
+namespace meridian::net {
+
+struct TcpTransportOptions {
+  std::string listen_host = "127.0.0.1";
+  uint16_t listen_port = 0;               // 0: the OS picks one; see listen_port()
+  size_t streams_per_peer = 2;
+  size_t max_message_bytes = 64u << 20;
+  int socket_buffer_bytes = 4 << 20;      // SO_SNDBUF / SO_RCVBUF
+};
+
+class TcpTransport final : public Transport {
+ public:
+  // Binds and listens. Fails with the address and errno text.
+  static Result<std::unique_ptr<TcpTransport>> listen(const TcpTransportOptions& options);
+  ~TcpTransport() override;
+  TcpTransport(const TcpTransport&) = delete;
+  TcpTransport& operator=(const TcpTransport&) = delete;
+
+  uint16_t listen_port() const { return listen_port_; }
+
+  // Builds the mesh: peer_addresses[i] is "host:port" of peer i (this peer's own entry is not
+  // used). Peers with a larger id connect to those with a smaller one, streams_per_peer times
+  // each; stray or garbage connections to the listener are closed and ignored. Fails, with
+  // the peers still missing, if the mesh is not complete by deadline_us (steady clock).
+  Status connect_mesh(PeerId self, const std::vector<std::string>& peer_addresses, int64_t deadline_us);
+
+  PeerId self() const override { return self_; }
+  size_t peer_count() const override { return peer_count_; }
+  size_t max_message_bytes() const override { return options_.max_message_bytes; }
+  const Clock& clock() const override { return clock_; }
+  NetStatus send(PeerId peer, std::vector<std::byte> bytes) override;
+  NetStatus recv(Message* message, int64_t deadline_us) override;
+
+ private:
+  struct Connection;
+  struct Event {
+    PeerId from = kNoPeer;
+    bool peer_lost = false;
+    std::string detail;
+    std::vector<std::byte> bytes;
+  };
+
+  explicit TcpTransport(const TcpTransportOptions& options);  // in the .cpp: Connection is incomplete here
+  void io_loop();                          // the I/O thread
+  void wake_io();
+  void lose_peer(PeerId peer, const std::string& detail);  // I/O thread, mutex_ not held
+
+  TcpTransportOptions options_;
+  SteadyClock clock_;
+  int listen_fd_ = -1;
+  uint16_t listen_port_ = 0;
+  int wake_fds_[2] = {-1, -1};  // pipe: send() and the destructor wake the I/O thread
+  PeerId self_ = kNoPeer;
+  size_t peer_count_ = 0;
+  std::thread io_thread_;
+  std::atomic<bool> stop_{false};
+
+  // Connections: created by connect_mesh before the I/O thread starts, then owned by it;
+  // their out queues are shared and guarded by mutex_.
+  std::vector<std::unique_ptr<Connection>> connections_;
+
+  std::mutex mutex_;
+  std::condition_variable inbox_cv_;
+  std::deque<Event> inbox_;               // guarded by mutex_
+  std::vector<bool> lost_;                // guarded by mutex_: per peer
+  std::vector<size_t> next_stream_;       // guarded by mutex_: round-robin per peer
+  std::vector<std::vector<Connection*>> streams_;  // [peer][stream]; fixed after connect_mesh
+};
+
+}  // namespace meridian::net
