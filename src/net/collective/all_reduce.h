@@ -66,6 +66,9 @@ struct AllReduceStats {
   uint64_t messages_sent = 0;
   uint64_t messages_recv = 0;
   int64_t elapsed_us = 0;           // start() to commit or failure, on the transport's clock
+
+  // What this member pushed onto its links, in Gbit/s of frames (0 before any time passed).
+  double send_gbit_per_s() const { return elapsed_us > 0 ? bytes_sent_total * 8.0 / (elapsed_us * 1e3) : 0.0; }
 };
 
 // Wire frame P2P_Chunk: a 32-byte header, then encoded_size(codec, count) bytes.
