@@ -14,6 +14,7 @@
 #include "data/tokenizer.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
+#include "train/autocast.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
 #include "train/trainer.h"
@@ -242,4 +243,24 @@ TEST(Trainer, ResumeRefusesAnotherModelShape) {
   auto bad = train::Trainer::create(other, quiet);
   ASSERT_FALSE(bad.is_ok());
   EXPECT_NE(bad.status().message().find("another model shape"), std::string::npos) << bad.status().message();
+}
+
+TEST(Trainer, Bf16AutocastEngagesAndStaysClose) {
+  torch::manual_seed(12);
+  auto config = load_config("tiny", {});
+  ASSERT_TRUE(config.is_ok());
+  model::Llama m(config->model);
+  auto tokens = torch::randint(config->model.vocab_size, {2, 32}, torch::kInt64);
+  torch::NoGradGuard no_grad;
+  auto fp32 = m(tokens);
+  torch::Tensor bf16;
+  {
+    train::AutocastGuard autocast(true, /*cuda=*/false);
+    bf16 = m(tokens);
+  }
+  auto after = m(tokens);  // the guard must switch autocast off again
+  EXPECT_EQ(bf16.scalar_type(), torch::kFloat);
+  EXPECT_FALSE(torch::equal(fp32, bf16)) << "autocast did not change the computation";
+  EXPECT_LT((fp32 - bf16).abs().max().item<double>(), 0.05);
+  EXPECT_TRUE(torch::equal(fp32, after));
 }
