@@ -5,6 +5,8 @@
 // so every window can be checked arithmetically: sequence s holds s*T .. s*T + T.
 #include <gtest/gtest.h>
 
+#include "support/test_util.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -21,25 +23,11 @@
 namespace meridian::data {
 namespace {
 
+using meridian::test_support::TempDir;
+using meridian::test_support::read_all;
+using meridian::test_support::write_all;
+
 namespace fs = std::filesystem;
-
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() /
-            ("meridian_loader_" + std::string(info->name()) + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string path() const { return path_.string(); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
 
 constexpr uint32_t kVocab = 1u << 20;
 

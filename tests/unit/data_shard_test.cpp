@@ -2,6 +2,8 @@
 // (bad magic, other version, bad token width, truncated or padded files), each naming the file.
 #include <gtest/gtest.h>
 
+#include "support/test_util.h"
+
 #include <atomic>
 #include <cstring>
 #include <filesystem>
@@ -16,34 +18,11 @@
 namespace meridian::data {
 namespace {
 
+using meridian::test_support::TempDir;
+using meridian::test_support::read_all;
+using meridian::test_support::write_all;
+
 namespace fs = std::filesystem;
-
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() /
-            ("meridian_shard_" + std::string(info->name()) + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
-
-std::string read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_all(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
 
 void put_u32(std::string& bytes, size_t offset, uint32_t v) { std::memcpy(bytes.data() + offset, &v, 4); }
 

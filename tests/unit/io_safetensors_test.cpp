@@ -3,6 +3,8 @@
 // carries a hint).
 #include <gtest/gtest.h>
 
+#include "support/test_util.h"
+
 #include <atomic>
 #include <cstring>
 #include <filesystem>
@@ -15,34 +17,11 @@
 namespace meridian::io {
 namespace {
 
+using meridian::test_support::TempDir;
+using meridian::test_support::read_all;
+using meridian::test_support::write_all;
+
 namespace fs = std::filesystem;
-
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() /
-            ("meridian_io_" + std::string(info->name()) + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
-
-std::string read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_all(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
 
 // 8-byte little-endian length, then the header as given, then the data.
 std::string image(const std::string& header, const std::string& data, uint64_t length_override = UINT64_MAX) {

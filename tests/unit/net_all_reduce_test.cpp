@@ -172,11 +172,30 @@ INSTANTIATE_TEST_SUITE_P(Matrix, net_AllReduceMatrix,
 
 // ---- int8 error does not grow with N -----------------------------------------------------------
 
+// The design we avoid, for contrast: a ring reduce-scatter that re-quantizes the running
+// partial sum at every hop (as PCCL does), then an all-gather of the int8 result. A value is
+// rounded N times instead of twice. Computed locally: only the rounding matters here.
+std::vector<float> ring_requantizing_mean(const Buffers& in) {
+  const size_t world = in.size(), count = in[0].size();
+  std::vector<uint32_t> storage(encoded_size(Codec::kInt8, count) / 4 + 2);
+  std::span<std::byte> wire(reinterpret_cast<std::byte*>(storage.data()), encoded_size(Codec::kInt8, count));
+  std::vector<float> partial = in[0];
+  for (size_t hop = 1; hop < world; ++hop) {
+    encode(Codec::kInt8, partial, wire);  // sent to the next peer, which adds its own values
+    decode(Codec::kInt8, wire, partial);
+    for (size_t i = 0; i < count; ++i) partial[i] += in[hop][i];
+  }
+  for (float& v : partial) v /= static_cast<float>(world);
+  encode(Codec::kInt8, partial, wire);  // all-gather of the reduced values
+  decode(Codec::kInt8, wire, partial);
+  return partial;
+}
+
 // Pseudo-gradient-like inputs: a signal shared by all peers plus each peer's own noise. The
 // error is measured in units of the input quantization step (max |x| / 127).
 TEST(net_AllReduce, Int8ErrorFlatInWorldSizeAndWithinOneStep) {
   const size_t count = 1u << 16;
-  std::vector<double> rms_steps;
+  std::vector<double> rms_steps, ring_rms_steps;
   for (size_t world : {2u, 4u, 8u, 16u}) {
     Buffers in(world, std::vector<float>(count));
     SplitMix64 signal_rng(99);
@@ -197,12 +216,17 @@ TEST(net_AllReduce, Int8ErrorFlatInWorldSizeAndWithinOneStep) {
     for (size_t r = 0; r < world; ++r) ASSERT_TRUE(res.status[r].is_ok()) << res.status[r].to_string();
     const ErrorReport err = check_against_reference(in, buf[0], Codec::kInt8, ReduceOp::kMean);
     const double step = amax / 127.0;
-    std::printf("int8 mean, N=%2zu: max error %.3f steps, rms error %.3f steps (step %.3g)\n", world,
-                err.max_abs / step, err.rms / step, step);
+    const ErrorReport ring = check_against_reference(in, ring_requantizing_mean(in), Codec::kInt8, ReduceOp::kMean);
+    std::printf("int8 mean, N=%2zu: max error %.3f steps, rms %.3f steps | ring re-quantizing: max %.3f, rms %.3f\n",
+                world, err.max_abs / step, err.rms / step, ring.max_abs / step, ring.rms / step);
     EXPECT_LE(err.max_abs, step) << "N=" << world;
     rms_steps.push_back(err.rms / step);
+    ring_rms_steps.push_back(ring.rms / step);
   }
   for (size_t i = 1; i < rms_steps.size(); ++i) EXPECT_LE(rms_steps[i], rms_steps[0] * 1.1) << "error grew with N";
+  // The contrast: re-quantizing at every hop grows with N and ends well above ours.
+  EXPECT_GT(ring_rms_steps.back(), ring_rms_steps.front() * 1.5);
+  EXPECT_GT(ring_rms_steps.back(), rms_steps.back() * 1.5);
 }
 
 // ---- arrival order does not change the result -------------------------------------------------

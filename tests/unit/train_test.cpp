@@ -11,6 +11,7 @@
 #include <string>
 
 #include "data/shard.h"
+#include "support/test_util.h"
 #include "data/tokenizer.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
@@ -24,16 +25,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("meridian_train_test_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using meridian::test_support::TempDir;
 
 // A small corpus of English-like documents, written as a byte-level shard.
 void write_corpus(const fs::path& file, int documents) {
@@ -153,14 +145,14 @@ TEST(Trainer, OverfitsOneBatch) {
 
 TEST(Trainer, ResumeIsBitExact) {
   TempDir dir;
-  write_corpus(dir.path / "train.tok", 400);
-  write_corpus(dir.path / "val.tok", 20);
+  write_corpus(dir.fs_path() / "train.tok", 400);
+  write_corpus(dir.fs_path() / "val.tok", 20);
 
   // 20 steps straight.
-  Config straight = tiny_config(dir.path / "a", 20);
-  fs::create_directories(dir.path / "a");
-  fs::copy(dir.path / "train.tok", dir.path / "a" / "train.tok");
-  fs::copy(dir.path / "val.tok", dir.path / "a" / "val.tok");
+  Config straight = tiny_config(dir.fs_path() / "a", 20);
+  fs::create_directories(dir.fs_path() / "a");
+  fs::copy(dir.fs_path() / "train.tok", dir.fs_path() / "a" / "train.tok");
+  fs::copy(dir.fs_path() / "val.tok", dir.fs_path() / "a" / "val.tok");
   train::TrainerOptions quiet;
   quiet.out = nullptr;
   auto a = train::Trainer::create(straight, quiet);
@@ -172,8 +164,8 @@ TEST(Trainer, ResumeIsBitExact) {
   a.value().reset();
 
   // 10 steps, stop, resume in a new trainer, 10 more.
-  Config first_half = tiny_config(dir.path / "a", 20);
-  first_half.run.dir = (dir.path / "b").string();
+  Config first_half = tiny_config(dir.fs_path() / "a", 20);
+  first_half.run.dir = (dir.fs_path() / "b").string();
   first_half.train.stop_at_step = 10;
   auto b1 = train::Trainer::create(first_half, quiet);
   ASSERT_TRUE(b1.is_ok()) << b1.status().to_string();
@@ -206,9 +198,9 @@ TEST(Trainer, ResumeIsBitExact) {
 
 TEST(Trainer, LossFallsOnText) {
   TempDir dir;
-  write_corpus(dir.path / "train.tok", 400);
-  write_corpus(dir.path / "val.tok", 20);
-  Config c = tiny_config(dir.path, 40);
+  write_corpus(dir.fs_path() / "train.tok", 400);
+  write_corpus(dir.fs_path() / "val.tok", 20);
+  Config c = tiny_config(dir.fs_path(), 40);
   c.train.warmup_steps = 4;
   train::TrainerOptions quiet;
   quiet.out = nullptr;
@@ -228,9 +220,9 @@ TEST(Trainer, LossFallsOnText) {
 
 TEST(Trainer, ResumeRefusesAnotherModelShape) {
   TempDir dir;
-  write_corpus(dir.path / "train.tok", 100);
-  write_corpus(dir.path / "val.tok", 10);
-  Config c = tiny_config(dir.path, 2);
+  write_corpus(dir.fs_path() / "train.tok", 100);
+  write_corpus(dir.fs_path() / "val.tok", 10);
+  Config c = tiny_config(dir.fs_path(), 2);
   train::TrainerOptions quiet;
   quiet.out = nullptr;
   auto t = train::Trainer::create(c, quiet);

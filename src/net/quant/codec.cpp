@@ -137,10 +137,13 @@ MERIDIAN_CODEC_KERNEL void int8_encode(const float* x, size_t count, std::byte* 
   const size_t blocks = int8_block_count(count);
   float* scales = reinterpret_cast<float*>(dst);
   uint8_t* q = reinterpret_cast<uint8_t*>(dst + 4 * blocks);
-  for (size_t b = 0; b < blocks; ++b) {
-    const size_t begin = b * kInt8BlockValues;
-    const size_t n = std::min(kInt8BlockValues, count - begin);
-    scales[b] = int8_encode_block(x + begin, n, q + begin);
+  const size_t full_blocks = count / kInt8BlockValues;
+  for (size_t b = 0; b < full_blocks; ++b) {  // constant trip count: no remainder loops
+    scales[b] = int8_encode_block(x + b * kInt8BlockValues, kInt8BlockValues, q + b * kInt8BlockValues);
+  }
+  if (full_blocks < blocks) {
+    const size_t begin = full_blocks * kInt8BlockValues;
+    scales[full_blocks] = int8_encode_block(x + begin, count - begin, q + begin);
   }
 }
 
