@@ -50,16 +50,19 @@ void set_rng_state(const torch::Tensor& state) {
 
 }  // namespace
 
-double measure_matmul_flops() {
+double measure_matmul_flops(const torch::Device& device, bool bf16) {
   torch::NoGradGuard no_grad;
-  const int64_t n = 512;
-  auto a = torch::randn({n, n}), b = torch::randn({n, n});
+  const int64_t n = device.is_cuda() ? 4096 : 512;
+  const auto options = torch::TensorOptions().device(device).dtype(bf16 && device.is_cuda() ? torch::kBFloat16 : torch::kFloat);
+  auto a = torch::randn({n, n}, options), b = torch::randn({n, n}, options);
   auto c = torch::matmul(a, b);  // warm up
+  c.sum().item<double>();        // waits for the device
   int64_t iters = 0;
   const auto t0 = Clock::now();
   while (seconds_since(t0) < 0.2) {
     c = torch::matmul(a, b);
     ++iters;
+    if (device.is_cuda()) c.sum().item<double>();
   }
   return 2.0 * n * n * n * static_cast<double>(iters) / seconds_since(t0);
 }
@@ -72,13 +75,19 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Config& config, TrainerOp
   torch::set_num_threads(tc.threads > 0 ? static_cast<int>(tc.threads)
                                         : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   torch::manual_seed(static_cast<uint64_t>(tc.seed));
-  t->model_ = model::Llama(t->config_.model);
+  if (t->config_.train.device == "cuda") {
+    if (!torch::cuda::is_available())
+      return Status::error("train.device is cuda, but libtorch sees no CUDA device", "set train.device=cpu, or build against a CUDA libtorch");
+    t->device_ = torch::Device(torch::kCUDA);
+  }
+  t->model_ = model::Llama(t->config_.model);  // initialised on the CPU so the init is device-independent
+  t->model_->to(t->device_);
   for (auto& p : t->model_->parameters()) t->params_.push_back(p);
   NamedTensors named;
   for (auto& item : t->model_->named_parameters()) named.emplace_back(item.key(), item.value());
   t->optimizer_ = std::make_unique<AdamW>(named, AdamWOptions{tc.beta1, tc.beta2, tc.eps, tc.weight_decay});
   t->flops_per_token_ = metrics::model_stats(t->config_.model, tc.seq_len).flops_per_token;
-  t->peak_flops_ = t->config_.run.peak_tflops > 0 ? t->config_.run.peak_tflops * 1e12 : measure_matmul_flops();
+  t->peak_flops_ = t->config_.run.peak_tflops > 0 ? t->config_.run.peak_tflops * 1e12 : measure_matmul_flops(t->device_, tc.bf16);
 
   MERIDIAN_RETURN_IF_ERROR(t->init_data());
   if (!t->options_.resume.empty()) MERIDIAN_RETURN_IF_ERROR(t->load(t->options_.resume));
@@ -127,6 +136,8 @@ void Trainer::next_batch(data::TokenLoader* loader, torch::Tensor& inputs, torch
   targets = torch::empty({B, T}, torch::kInt64);
   if (loader) {
     loader->next_batch(B, inputs.data_ptr<int64_t>(), targets.data_ptr<int64_t>());
+    inputs = inputs.to(device_);
+    targets = targets.to(device_);
     return;
   }
   // Synthetic tokens from our own RNG: benchmarks measure compute, not data.
@@ -137,6 +148,8 @@ void Trainer::next_batch(data::TokenLoader* loader, torch::Tensor& inputs, torch
     in[i] = static_cast<int64_t>(rng.below(static_cast<uint64_t>(config_.model.vocab_size)));
     tg[i] = static_cast<int64_t>(rng.below(static_cast<uint64_t>(config_.model.vocab_size)));
   }
+  inputs = inputs.to(device_);
+  targets = targets.to(device_);
 }
 
 StepMetrics Trainer::train_step() {
@@ -152,7 +165,7 @@ StepMetrics Trainer::train_step() {
     next_batch(train_data_ ? &*train_data_ : nullptr, inputs, targets);
     torch::Tensor logits;
     {
-      AutocastGuard autocast(tc.bf16, /*cuda=*/false);
+      AutocastGuard autocast(tc.bf16, device_.is_cuda());
       logits = model_->forward(inputs);  // f32 [B, T, V]
     }
     auto loss = model::lm_loss(logits, targets, tc.z_loss_weight);
@@ -189,7 +202,7 @@ std::optional<double> Trainer::evaluate(int64_t batches) {
   for (int64_t i = 0; i < batches; ++i) {
     torch::Tensor inputs, targets;
     next_batch(&*val_data_, inputs, targets);
-    AutocastGuard autocast(config_.train.bf16, /*cuda=*/false);
+    AutocastGuard autocast(config_.train.bf16, device_.is_cuda());
     sum += model::lm_loss(model_->forward(inputs), targets, 0.0).ce.item<double>();
   }
   val_data_->set_cursor(saved);

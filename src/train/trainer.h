@@ -83,6 +83,7 @@ class Trainer {
 
   Config config_;
   TrainerOptions options_;
+  torch::Device device_{torch::kCPU};
   model::Llama model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
   std::vector<torch::Tensor> params_;
@@ -96,7 +97,8 @@ class Trainer {
   uint64_t synthetic_counter_ = 0;
 };
 
-// Measures this machine's fp32 matmul rate (FLOP/s) for ~0.2 s: the MFU denominator on CPUs.
-double measure_matmul_flops();
+// Measures the device's matmul rate (FLOP/s) for ~0.2 s, in bf16 when `bf16` is set: the MFU
+// denominator when run.peak_tflops is 0.
+double measure_matmul_flops(const torch::Device& device, bool bf16);
 
 }  // namespace meridian::train
