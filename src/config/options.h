@@ -38,7 +38,7 @@
   X(int64_t, seed, 1234, "", "seed of the init and of the data order")                             \
   X(int64_t, threads, 0, "", "intra-op threads (0: all cores)")                                    \
   X(std::string, device, "cpu", "", "cpu | cuda (cuda needs a CUDA build of libtorch)")               \
-  X(int64_t, log_every, 10, "steps", "progress line and metrics every N steps")                    \
+  X(int64_t, log_every, 1, "steps", "progress line and metrics every N steps")                     \
   X(int64_t, eval_every, 100, "steps", "validation loss every N steps (0: only at the end)")        \
   X(int64_t, eval_batches, 8, "micro-batches", "micro-batches per validation")                    \
   X(int64_t, checkpoint_every, 0, "steps", "checkpoint every N steps (0: only at the end)")        \
