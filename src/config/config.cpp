@@ -260,6 +260,9 @@ Status validate(const Config& c) {
   need(t.eval_every >= 0 && t.eval_batches >= 0, "train.eval_every and train.eval_batches must be >= 0");
   need(t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0");
   need(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1");
+  need(c.diloco.inner_steps > 0, fmt::format("diloco.inner_steps must be > 0, got {}", c.diloco.inner_steps));
+  need(c.diloco.outer_lr > 0, "diloco.outer_lr must be > 0");
+  need(c.diloco.outer_momentum >= 0 && c.diloco.outer_momentum < 1, "diloco.outer_momentum must be in [0, 1)");
   need(!c.data.train_path.empty(), "data.train_path must name a shard file or directory");
   need(!c.run.dir.empty(), "run.dir must not be empty");
   need(c.run.peak_tflops >= 0, "run.peak_tflops must be >= 0");

@@ -19,6 +19,7 @@ namespace meridian {
 #define MERIDIAN_DECLARE_FIELD(type, name, def, unit, help) type name = def;
 struct ModelConfig { MERIDIAN_MODEL_OPTIONS(MERIDIAN_DECLARE_FIELD) int64_t head_dim() const { return dim / n_heads; } };
 struct TrainConfig { MERIDIAN_TRAIN_OPTIONS(MERIDIAN_DECLARE_FIELD) };
+struct DilocoConfig { MERIDIAN_DILOCO_OPTIONS(MERIDIAN_DECLARE_FIELD) };
 struct DataConfig { MERIDIAN_DATA_OPTIONS(MERIDIAN_DECLARE_FIELD) };
 struct RunConfig { MERIDIAN_RUN_OPTIONS(MERIDIAN_DECLARE_FIELD) };
 #undef MERIDIAN_DECLARE_FIELD
@@ -26,6 +27,7 @@ struct RunConfig { MERIDIAN_RUN_OPTIONS(MERIDIAN_DECLARE_FIELD) };
 struct Config {
   ModelConfig model;
   TrainConfig train;
+  DilocoConfig diloco;
   DataConfig data;
   RunConfig run;
 };

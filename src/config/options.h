@@ -44,6 +44,12 @@
   X(int64_t, checkpoint_every, 0, "steps", "checkpoint every N steps (0: only at the end)")        \
   X(int64_t, keep_checkpoints, 3, "", "checkpoints kept in the run directory")
 
+#define MERIDIAN_DILOCO_OPTIONS(X)                                                                 \
+  X(bool, enabled, false, "", "DiLoCo outer loop: an outer Nesterov step every inner_steps steps")   \
+  X(int64_t, inner_steps, 100, "steps", "H: inner steps per outer round")                          \
+  X(double, outer_lr, 0.7, "", "outer Nesterov learning rate")                                     \
+  X(double, outer_momentum, 0.9, "", "outer Nesterov momentum")
+
 #define MERIDIAN_DATA_OPTIONS(X)                                                                   \
   X(std::string, train_path, "data/demo/train", "", "shard file or directory of *.tok shards")    \
   X(std::string, val_path, "data/demo/val", "", "validation shards (empty: no validation)")       \
@@ -57,5 +63,6 @@
 #define MERIDIAN_CONFIG_SECTIONS(S) \
   S(model, MERIDIAN_MODEL_OPTIONS)  \
   S(train, MERIDIAN_TRAIN_OPTIONS)  \
+  S(diloco, MERIDIAN_DILOCO_OPTIONS) \
   S(data, MERIDIAN_DATA_OPTIONS)    \
   S(run, MERIDIAN_RUN_OPTIONS)

@@ -86,6 +86,9 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Config& config, TrainerOp
   NamedTensors named;
   for (auto& item : t->model_->named_parameters()) named.emplace_back(item.key(), item.value());
   t->optimizer_ = std::make_unique<AdamW>(named, AdamWOptions{tc.beta1, tc.beta2, tc.eps, tc.weight_decay});
+  if (t->config_.diloco.enabled)
+    t->outer_ = std::make_unique<OuterOptimizer>(named, OuterOptions{t->config_.diloco.outer_lr, t->config_.diloco.outer_momentum});
+  if (!t->options_.reducer) t->options_.reducer = &t->local_reducer_;
   t->flops_per_token_ = metrics::model_stats(t->config_.model, tc.seq_len).flops_per_token;
   t->peak_flops_ = t->config_.run.peak_tflops > 0 ? t->config_.run.peak_tflops * 1e12 : measure_matmul_flops(t->device_, tc.bf16);
 
@@ -251,6 +254,7 @@ Result<TrainSummary> Trainer::run() {
     ++window_steps;
     if (!std::isfinite(m.loss))
       return Status::error(fmt::format("loss is {} at step {}", m.loss, m.step), "lower train.lr or raise train.warmup_steps");
+    if (outer_ && m.step % config_.diloco.inner_steps == 0) MERIDIAN_RETURN_IF_ERROR(outer_step());
     if (m.step % tc.log_every == 0 || m.step == last) {
       log_step(m, avg_step_s * static_cast<double>(last - m.step));
       summary.final_loss = window_loss / static_cast<double>(window_steps);
@@ -280,11 +284,38 @@ Result<TrainSummary> Trainer::run() {
   return summary;
 }
 
+Status Trainer::outer_step() {
+  MERIDIAN_ASSERT(outer_ != nullptr, "outer_step without diloco.enabled");
+  const auto t0 = Clock::now();
+  torch::Tensor delta = outer_->pseudo_gradient();  // f32 [N]
+  const double local_norm = delta.norm().item<double>();
+  // The reducer works on host memory; a device buffer makes a round trip.
+  torch::Tensor host = delta.device().is_cpu() ? delta : delta.to(torch::kCPU);
+  MERIDIAN_RETURN_IF_ERROR(options_.reducer->all_reduce_mean(host.data_ptr<float>(), static_cast<size_t>(host.numel())));
+  if (!delta.device().is_cpu()) delta.copy_(host);
+  outer_->step(delta);
+  const double sync_s = seconds_since(t0);
+  const std::string hash = io::tensors_hash({{"theta", outer_->state()[0].second}});
+  if (options_.out) {
+    std::fprintf(options_.out, "outer  round %lld | step %lld | nodes %d | |delta| %.4f | sync %.3f s | theta %s\n",
+                 static_cast<long long>(outer_->rounds()), static_cast<long long>(step_), options_.reducer->world_size(), local_norm, sync_s,
+                 hash.substr(0, 16).c_str());
+    std::fflush(options_.out);
+  }
+  nlohmann::ordered_json j{{"type", "outer"},        {"round", outer_->rounds()},   {"step", step_},
+                           {"nodes", options_.reducer->world_size()}, {"pseudo_grad_norm", local_norm},
+                           {"sync_s", sync_s},        {"outer_hash", hash}};
+  metrics_.write(j.dump());
+  return Status::ok();
+}
+
 Result<std::string> Trainer::save_checkpoint() {
   io::NamedTensors model;
   for (auto& item : model_->named_parameters()) model.emplace_back(item.key(), item.value());
   io::NamedTensors state = optimizer_->state();
   state.emplace_back("rng.torch_cpu", rng_state());
+  if (outer_)
+    for (auto& item : outer_->state()) state.push_back(item);
   data::ByteTokenizer bytes;
   io::Metadata meta{{"meridian.optimizer_step", std::to_string(optimizer_->step_count())},
                     {"meridian.tokens_seen", std::to_string(tokens_seen_)},
@@ -293,6 +324,7 @@ Result<std::string> Trainer::save_checkpoint() {
                     {"meridian.config", to_toml(config_)},
                     {"meridian.bos_id", std::to_string(bytes.bos_id())},
                     {"meridian.eos_id", std::to_string(bytes.eos_id())}};
+  if (outer_) meta["meridian.outer_rounds"] = std::to_string(outer_->rounds());
   if (train_data_) {
     meta["meridian.data_epoch"] = std::to_string(train_data_->cursor().epoch);
     meta["meridian.data_position"] = std::to_string(train_data_->cursor().position);
@@ -334,6 +366,15 @@ Status Trainer::load(const std::string& checkpoint_dir) {
   if (!err.empty()) return Status::error(checkpoint_dir + "/state.safetensors: " + err);
   for (const auto& [name, t] : ck.state)
     if (name == "rng.torch_cpu") set_rng_state(t);
+  if (outer_) {
+    if (!ck.meta.count("meridian.outer_rounds"))
+      return Status::error(checkpoint_dir + ": saved without DiLoCo (no outer state), but diloco.enabled is set",
+                           "resume with diloco.enabled=false, or start the DiLoCo run from scratch");
+    auto rounds = meta("meridian.outer_rounds");
+    if (!rounds) return rounds.status();
+    const std::string outer_err = outer_->load_state(ck.state, rounds.value());
+    if (!outer_err.empty()) return Status::error(checkpoint_dir + "/state.safetensors: " + outer_err, "resume with diloco.enabled as the run was saved");
+  }
 
   auto step = meta("meridian.step");
   auto tokens = meta("meridian.tokens_seen");
@@ -359,6 +400,8 @@ std::string Trainer::state_hash() const {
   io::NamedTensors all;
   for (auto& item : model_->named_parameters()) all.emplace_back(item.key(), item.value());
   for (auto& item : optimizer_->state()) all.push_back(item);
+  if (outer_)
+    for (auto& item : outer_->state()) all.push_back(item);
   const auto cursor = train_data_ ? train_data_->cursor() : data::LoaderCursor{};
   auto counters = torch::tensor({step_, optimizer_->step_count(), tokens_seen_, static_cast<int64_t>(cursor.epoch),
                                  static_cast<int64_t>(cursor.position)},

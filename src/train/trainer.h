@@ -18,6 +18,7 @@
 #include "data/loader.h"
 #include "metrics/jsonl.h"
 #include "model/llama.h"
+#include "train/diloco.h"
 #include "train/optimizer.h"
 
 namespace meridian::train {
@@ -51,6 +52,8 @@ struct TrainerOptions {
   std::FILE* out = stdout;     // progress lines; nullptr = silent
   bool write_run_dir = true;   // resolved config, metrics.jsonl, checkpoints
   bool synthetic_data = false; // random tokens instead of shards (benchmarks)
+  // Averages pseudo-gradients across nodes when diloco.enabled; nullptr: this node alone.
+  PseudoGradientReducer* reducer = nullptr;
 };
 
 class Trainer {
@@ -66,6 +69,8 @@ class Trainer {
   // Mean validation cross-entropy over `batches` micro-batches, always the same sequences.
   std::optional<double> evaluate(int64_t batches);
   Result<std::string> save_checkpoint();
+  // The outer round that ends at the current step: pseudo-gradient, reduce, Nesterov step.
+  Status outer_step();
 
   // XXH3-128 of every parameter, optimizer moment, the step and the data cursor.
   std::string state_hash() const;
@@ -86,6 +91,8 @@ class Trainer {
   torch::Device device_{torch::kCPU};
   model::Llama model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<OuterOptimizer> outer_;  // set when diloco.enabled
+  LocalReducer local_reducer_;
   std::vector<torch::Tensor> params_;
   std::optional<data::TokenLoader> train_data_;
   std::optional<data::TokenLoader> val_data_;
