@@ -18,7 +18,9 @@ build: configure
 demo-data: build
 	@bash scripts/prepare-demo-data.sh $(BUILD)
 
+# The demo starts a fresh run each time (runs/demo is its run directory).
 demo: demo-data
+	@rm -rf runs/demo
 	@$(BUILD)/apps/meridian/meridian train
 
 test: demo-data

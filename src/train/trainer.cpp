@@ -97,6 +97,10 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Config& config, TrainerOp
 
   if (t->options_.write_run_dir) {
     std::error_code ec;
+    const fs::path latest = fs::path(t->config_.run.dir) / "checkpoints" / "latest";
+    if (t->options_.resume.empty() && fs::exists(latest, ec))
+      return Status::error(t->config_.run.dir + " already holds a run (" + latest.string() + ")",
+                           "continue it with --resume " + t->config_.run.dir + ", or choose another run.dir, or delete it");
     fs::create_directories(t->config_.run.dir, ec);
     if (ec) return Status::error(t->config_.run.dir + ": cannot create run directory (" + ec.message() + ")", "set run.dir to a writable path");
     MERIDIAN_RETURN_IF_ERROR(write_file_atomic((fs::path(t->config_.run.dir) / "config.toml").string(), to_toml(t->config_)));

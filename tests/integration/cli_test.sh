@@ -112,6 +112,8 @@ resume)
   check "metrics.jsonl has a line per step" test "$(grep -c '"type":"inner"' split/metrics.jsonl)" -eq 12
   check "resolved config saved" contains split/config.toml 'stop_at_step'
   check "Hugging Face config.json written" contains split/checkpoints/step_00000012/config.json '"model_type": "llama"'
+  check "a fresh run into a used run directory fails" fails train --preset tiny --set data.train_path=shards/train --set data.val_path= --set run.dir=split
+  check "  ... pointing at --resume" contains err.txt 'resume split'
   ;;
 
 kill-resume)
