@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Runs bench_allreduce with one peer per network namespace, every peer behind a veth link
+# shaped with tc tbf (default 100 Mbit/s, then 1 Gbit/s), and reports each run's efficiency
+# against the shaped rate (Meridian with each codec, and Gloo fp32 when the bench was built
+# with libtorch).
+#
+#   sudo scripts/netns-bench.sh [--bench build/bench/allreduce/bench_allreduce] [--peers 4]
+#        [--size 16777216] [--rates "100mbit 1gbit"] [--codecs "fp32 int8"] [--iters 3]
+#        [--streams 2] [--no-gloo] [--probe]
+#   --probe also runs the topology probe on each shaped network (every directed link should
+#   measure close to the rate) and prints the ring it picks.
+#
+# Topology: a "switch" namespace holds a bridge; peer i's namespace holds one end of a veth
+# pair (10.77.0.(i+1)/24), the bridge the other. Both ends are shaped with tbf at the rate,
+# so each peer has an uplink and a downlink of exactly that rate, like a host on the internet;
+# the switch itself is not a bottleneck. All traffic stays inside these namespaces.
+#
+# Cleans up on exit (also on error or Ctrl-C): deletes exactly the namespaces it created
+# (names prefixed "mrdn-<pid>-"); nothing else is touched. Needs root (ip netns, tc).
+set -euo pipefail
+
+bench=""
+peers=4
+size=$((16 << 20))
+rates="100mbit 1gbit"
+codecs="fp32 int8"
+iters=3
+streams=2
+gloo_flag=""
+probe=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --bench) bench="$2"; shift 2 ;;
+    --peers) peers="$2"; shift 2 ;;
+    --size) size="$2"; shift 2 ;;
+    --rates) rates="$2"; shift 2 ;;
+    --codecs) codecs="$2"; shift 2 ;;
+    --iters) iters="$2"; shift 2 ;;
+    --streams) streams="$2"; shift 2 ;;
+    --no-gloo) gloo_flag="--no-gloo"; shift ;;
+    --probe) probe=1; shift ;;
+    *) echo "netns-bench: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+here="$(cd "$(dirname "$0")/.." && pwd)"
+if [[ -z "$bench" ]]; then
+  for candidate in "$here"/build-h5t/bench/allreduce/bench_allreduce "$here"/build/bench/allreduce/bench_allreduce \
+                   "$here"/build-h5/bench/allreduce/bench_allreduce; do
+    if [[ -x "$candidate" ]]; then bench="$candidate"; break; fi
+  done
+fi
+if [[ -z "$bench" || ! -x "$bench" ]]; then
+  echo "netns-bench: no bench_allreduce binary found" >&2
+  echo "hint: build it (cmake --build build --target bench_allreduce) or pass --bench PATH" >&2
+  exit 2
+fi
+if [[ $(id -u) -ne 0 ]]; then
+  echo "netns-bench: needs root for ip netns and tc" >&2
+  echo "hint: run it with sudo" >&2
+  exit 2
+fi
+
+prefix="mrdn-$$-"
+created=()
+cleanup() {
+  local ns
+  for ns in "${created[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+
+add_ns() {
+  ip netns add "$1"
+  created+=("$1")
+  ip -n "$1" link set lo up
+}
+
+# tbf needs a bucket of at least one maximal (GSO) packet and enough for the timer tick.
+burst_for() {
+  case "$1" in
+    *gbit) echo "$(( ${1%gbit} * 256 ))kb" ;;
+    *) echo "128kb" ;;
+  esac
+}
+
+# rate in Gbit/s for the efficiency figure: "100mbit" -> 0.1, "1gbit" -> 1
+gbit_of() {
+  case "$1" in
+    *gbit) echo "${1%gbit}" ;;
+    *mbit) awk -v m="${1%mbit}" 'BEGIN { print m / 1000 }' ;;
+    *) echo "netns-bench: rate $1 must end in mbit or gbit" >&2; exit 2 ;;
+  esac
+}
+
+setup() {  # $1 = rate
+  local rate="$1" burst sw="${prefix}sw"
+  burst="$(burst_for "$rate")"
+  add_ns "$sw"
+  ip -n "$sw" link add br0 type bridge
+  ip -n "$sw" link set br0 up
+  for ((i = 0; i < peers; i++)); do
+    local ns="${prefix}p$i"
+    add_ns "$ns"
+    ip link add "mrdn$$a$i" type veth peer name "mrdn$$b$i"
+    ip link set "mrdn$$a$i" netns "$ns"
+    ip link set "mrdn$$b$i" netns "$sw"
+    ip -n "$ns" link set "mrdn$$a$i" name eth0
+    ip -n "$ns" addr add "10.77.0.$((i + 1))/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$sw" link set "mrdn$$b$i" master br0
+    ip -n "$sw" link set "mrdn$$b$i" up
+    tc -n "$ns" qdisc add dev eth0 root tbf rate "$rate" burst "$burst" latency 100ms
+    tc -n "$sw" qdisc add dev "mrdn$$b$i" root tbf rate "$rate" burst "$burst" latency 100ms
+  done
+}
+
+teardown() {
+  cleanup
+  created=()
+}
+
+run_once() {  # $1 = rate, $2 = codec or "probe"
+  local rate="$1" codec="$2" addresses="" pids=() rc=0 mode=()
+  if [[ "$codec" == probe ]]; then mode=(--probe); codec=fp32; fi
+  for ((i = 0; i < peers; i++)); do addresses+="${addresses:+,}10.77.0.$((i + 1)):29600"; done
+  local out
+  out="$(mktemp)"
+  for ((i = 0; i < peers; i++)); do
+    ip netns exec "${prefix}p$i" "$bench" --rank "$i" --addresses "$addresses" --gloo-port 29700 \
+      --size "$size" --codec "$codec" --iters "$iters" --streams "$streams" --link-gbit "$(gbit_of "$rate")" \
+      $gloo_flag "${mode[@]}" > "$out.$i" 2>&1 &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+  echo "== rate $rate, $peers peers, ${mode[*]:-codec $codec}"
+  cat "$out.0"
+  if [[ $rc -ne 0 ]]; then
+    for ((i = 1; i < peers; i++)); do sed "s/^/  [rank $i] /" "$out.$i"; done
+  fi
+  rm -f "$out" "$out".*
+  return $rc
+}
+
+status=0
+for rate in $rates; do
+  setup "$rate"
+  if [[ $probe -eq 1 ]]; then run_once "$rate" probe || status=1; fi
+  for codec in $codecs; do run_once "$rate" "$codec" || status=1; done
+  teardown
+done
+exit $status
