@@ -87,6 +87,29 @@ TEST(net_TcpTransport, MeshDeliversFramesBothWaysOverSeveralStreams) {
   }
 }
 
+TEST(net_TcpTransport, DestructionFlushesQueuedFrames) {
+  // A peer that sends its last frames and exits at once must not lose them: 32 MiB cannot
+  // leave in one send, so without the flush on close the receiver sees a lost peer instead.
+  TcpTransportOptions options;
+  options.socket_buffer_bytes = 64 << 10;
+  Mesh mesh = make_mesh(2, options);
+  const std::vector<std::byte> big = payload(32u << 20, 5);
+  ASSERT_TRUE(mesh.peers[0]->send(1, big).is_ok());
+  ASSERT_TRUE(mesh.peers[0]->send(1, payload(10, 9)).is_ok());
+  mesh.peers[0].reset();  // destroy right away
+  // Frames travel on different streams, so they may arrive in either order.
+  std::vector<std::vector<std::byte>> got;
+  for (int i = 0; i < 2; ++i) {
+    Message m;
+    const NetStatus st = mesh.peers[1]->recv(&m, now_us() + 10'000'000);
+    ASSERT_TRUE(st.is_ok()) << "frame " << i << " was dropped at close";
+    got.push_back(std::move(m.bytes));
+  }
+  if (got[0].size() != big.size()) std::swap(got[0], got[1]);
+  EXPECT_EQ(got[0], big);
+  EXPECT_EQ(got[1], payload(10, 9));
+}
+
 TEST(net_TcpTransport, RecvReturnsTimeoutAtItsDeadline) {
   Mesh mesh = make_mesh(2);
   const int64_t start = now_us();

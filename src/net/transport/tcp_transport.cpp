@@ -162,6 +162,7 @@ Result<std::unique_ptr<TcpTransport>> TcpTransport::listen(const TcpTransportOpt
 }
 
 TcpTransport::~TcpTransport() {
+  stop_deadline_us_ = clock_.now_us() + options_.close_linger_ms * 1000;
   stop_ = true;
   if (io_thread_.joinable()) {
     wake_io();
@@ -326,7 +327,7 @@ void TcpTransport::lose_peer(PeerId peer, const std::string& detail) {
 void TcpTransport::io_loop() {
   std::vector<pollfd> fds;
   std::vector<Connection*> by_index;
-  while (!stop_) {
+  for (;;) {
     fds.assign(1, pollfd{wake_fds_[0], POLLIN, 0});
     by_index.assign(1, nullptr);
     {
@@ -338,12 +339,21 @@ void TcpTransport::io_loop() {
         }
       }
     }
+    int poll_timeout = -1;
+    if (stop_) {
+      // Closing: keep writing until nothing is pending on an open connection, or the linger ends.
+      bool pending = false;
+      for (auto& c : connections_) pending = pending || (c->open && !c->writing.empty());
+      const int64_t left_us = stop_deadline_us_ - clock_.now_us();
+      if (!pending || left_us <= 0) break;
+      poll_timeout = static_cast<int>(left_us / 1000) + 1;
+    }
     for (auto& c : connections_) {
       if (!c->open) continue;
       fds.push_back(pollfd{c->fd, static_cast<short>(POLLIN | (c->writing.empty() ? 0 : POLLOUT)), 0});
       by_index.push_back(c.get());
     }
-    if (::poll(fds.data(), fds.size(), -1) < 0) continue;  // EINTR
+    if (::poll(fds.data(), fds.size(), poll_timeout) < 0) continue;  // EINTR
     if (fds[0].revents & POLLIN) {
       char drain[256];
       while (::read(wake_fds_[0], drain, sizeof(drain)) > 0) {

@@ -11,6 +11,7 @@
 //
 // Threads: one I/O thread per transport owns every socket and runs a poll() loop; send()
 // queues a frame for the I/O thread and returns; recv() waits on the inbox with its deadline.
+// Destruction flushes: queued frames are still sent for up to close_linger_ms.
 // mutex_ guards the queues, the inbox and the lost flags.
 //
 // Deliberately not here: authentication (the HMAC handshake of issue 3 wraps connect_mesh),
@@ -39,6 +40,7 @@ struct TcpTransportOptions {
   size_t streams_per_peer = 2;
   size_t max_message_bytes = 64u << 20;
   int socket_buffer_bytes = 4 << 20;      // SO_SNDBUF / SO_RCVBUF
+  int64_t close_linger_ms = 2000;         // on destruction, how long queued frames may still be sent
 };
 
 class TcpTransport final : public Transport {
@@ -86,7 +88,10 @@ class TcpTransport final : public Transport {
   PeerId self_ = kNoPeer;
   size_t peer_count_ = 0;
   std::thread io_thread_;
+  // Set by the destructor: the I/O thread finishes sending what is queued, until
+  // stop_deadline_us_ at the latest, then exits. Frames a peer is waiting for are not dropped.
   std::atomic<bool> stop_{false};
+  std::atomic<int64_t> stop_deadline_us_{0};
 
   // Connections: created by connect_mesh before the I/O thread starts, then owned by it;
   // their out queues are shared and guarded by mutex_.
