@@ -5,6 +5,7 @@
 //   meridian info      --model NAME            parameters, FLOPs/token, memory (no allocation)
 //   meridian tokenize  --input FILES --output DIR [--doc-separator S] [--val-fraction X]
 //   meridian bench step --model NAME            inner-step throughput and MFU
+//   meridian bench allreduce --peers N --size BYTES --codec C   all-reduce vs c10d Gloo
 //   meridian config    [--list | --print]      every option, or the resolved config
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -15,6 +16,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include "bench_allreduce.h"
 #include "config/config.h"
 #include "data/tokenize.h"
 #include "data/tokenizer.h"
@@ -226,6 +228,11 @@ int main(int argc, char** argv) {
   bench_step->add_option("--steps", bench_steps, "timed steps");
   bench_step->add_option("--warmup", bench_warmup, "untimed steps first");
 
+  auto* bench_allreduce = bench->add_subcommand(
+      "allreduce", "all-reduce of --size bytes across --peers local peers with --codec, against c10d Gloo (see bench/allreduce)");
+  bench_allreduce->allow_extras();
+  bench_allreduce->prefix_command();
+
   ConfigArgs config_args;
   bool config_list = false;
   auto* config = app.add_subcommand("config", "print the resolved config, or every option with its default");
@@ -242,6 +249,12 @@ int main(int argc, char** argv) {
       return cmd_bench_step(bench_args, bench_steps, bench_warmup);
     }
     if (*config) return cmd_config(config_args, config_list);
+    if (*bench_allreduce) {
+      std::vector<std::string> args = bench_allreduce->remaining();
+      std::vector<char*> argv_bench{const_cast<char*>("meridian bench allreduce")};
+      for (auto& a : args) argv_bench.push_back(a.data());
+      return run_allreduce_bench(static_cast<int>(argv_bench.size()), argv_bench.data());
+    }
   } catch (const c10::Error& e) {
     std::fprintf(stderr, "error: libtorch: %s\n", e.what_without_backtrace());
     return 1;

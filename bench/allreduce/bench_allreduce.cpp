@@ -26,6 +26,8 @@
 //   efficiency   wire rate / --link-gbit (the shaped rate: each peer has one uplink)
 // Gloo always moves fp32 (it has no wire codecs), so "ratio" compares our all-reduce with the
 // given codec to Gloo's fp32 all-reduce of the same buffer: the speed-up a user sees.
+#include "bench_allreduce.h"
+
 #include <algorithm>
 #include <barrier>
 #include <chrono>
@@ -450,7 +452,7 @@ int state_sync_mode(const Config& c) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run_allreduce_bench(int argc, char** argv) {
   const Config c = parse(argc, argv);
   if (c.state_sync) return state_sync_mode(c);
   if (c.probe && !c.rank) {
