@@ -6,7 +6,7 @@
 #
 #   sudo scripts/netns-bench.sh [--bench build/bench/allreduce/bench_allreduce] [--peers 4]
 #        [--size 16777216] [--rates "100mbit 1gbit"] [--codecs "fp32 int8"] [--iters 3]
-#        [--streams 2] [--no-gloo] [--probe]
+#        [--streams 2] [--socket-buffer BYTES] [--no-gloo] [--probe]
 #   --probe also runs the topology probe on each shaped network (every directed link should
 #   measure close to the rate) and prints the ring it picks.
 #
@@ -26,6 +26,7 @@ rates="100mbit 1gbit"
 codecs="fp32 int8"
 iters=3
 streams=2
+extra=()
 gloo_flag=""
 probe=0
 while [[ $# -gt 0 ]]; do
@@ -37,6 +38,7 @@ while [[ $# -gt 0 ]]; do
     --codecs) codecs="$2"; shift 2 ;;
     --iters) iters="$2"; shift 2 ;;
     --streams) streams="$2"; shift 2 ;;
+    --socket-buffer) extra+=(--socket-buffer "$2"); shift 2 ;;
     --no-gloo) gloo_flag="--no-gloo"; shift ;;
     --probe) probe=1; shift ;;
     *) echo "netns-bench: unknown option $1" >&2; exit 2 ;;
@@ -128,7 +130,7 @@ run_once() {  # $1 = rate, $2 = codec or "probe"
   for ((i = 0; i < peers; i++)); do
     ip netns exec "${prefix}p$i" "$bench" --rank "$i" --addresses "$addresses" --gloo-port 29700 \
       --size "$size" --codec "$codec" --iters "$iters" --streams "$streams" --link-gbit "$(gbit_of "$rate")" \
-      $gloo_flag "${mode[@]}" > "$out.$i" 2>&1 &
+      $gloo_flag "${mode[@]}" "${extra[@]}" > "$out.$i" 2>&1 &
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid" || rc=1; done

@@ -66,6 +66,7 @@ struct Config {
   int iters = 5;
   size_t streams = 2;
   size_t chunk_values = 1u << 16;
+  int socket_buffer_bytes = 0;  // 0: the transport default
   double link_gbit = 0;
   bool gloo = true;
   bool state_sync = false;
@@ -79,7 +80,7 @@ struct Config {
   std::fprintf(stderr,
                "bench_allreduce: %s\n"
                "usage: bench_allreduce [--peers N] [--size BYTES] [--codec fp32|bf16|fp16|int8|prime_int8]\n"
-               "       [--iters K] [--streams S] [--chunk-values V] [--link-gbit R] [--no-gloo] [--state-sync] [--probe]\n"
+               "       [--iters K] [--streams S] [--chunk-values V] [--socket-buffer BYTES] [--link-gbit R] [--no-gloo] [--state-sync] [--probe]\n"
                "       [--rank R --addresses H:P,H:P,... [--gloo-port P]]\n",
                why.c_str());
   std::exit(2);
@@ -103,6 +104,7 @@ Config parse(int argc, char** argv) {
     } else if (key == "--iters") c.iters = std::stoi(value());
     else if (key == "--streams") c.streams = std::stoul(value());
     else if (key == "--chunk-values") c.chunk_values = std::stoul(value());
+    else if (key == "--socket-buffer") c.socket_buffer_bytes = std::stoi(value());
     else if (key == "--link-gbit") c.link_gbit = std::stod(value());
     else if (key == "--no-gloo") c.gloo = false;
     else if (key == "--state-sync") c.state_sync = true;
@@ -263,6 +265,8 @@ std::vector<std::unique_ptr<TcpTransport>> loopback_mesh(const Config& c) {
   for (size_t r = 0; r < c.peers; ++r) {
     TcpTransportOptions o;
     o.streams_per_peer = c.streams;
+  if (c.socket_buffer_bytes > 0) o.socket_buffer_bytes = c.socket_buffer_bytes;
+    if (c.socket_buffer_bytes > 0) o.socket_buffer_bytes = c.socket_buffer_bytes;
     o.max_message_bytes = 256u << 20;
     Result<std::unique_ptr<TcpTransport>> t = TcpTransport::listen(o);
     if (!t.is_ok()) {
@@ -324,6 +328,7 @@ int process_mode(const Config& c) {
   o.listen_host = self.substr(0, colon);
   o.listen_port = static_cast<uint16_t>(std::stoi(self.substr(colon + 1)));
   o.streams_per_peer = c.streams;
+  if (c.socket_buffer_bytes > 0) o.socket_buffer_bytes = c.socket_buffer_bytes;
   o.max_message_bytes = 256u << 20;
   Result<std::unique_ptr<TcpTransport>> t = TcpTransport::listen(o);
   if (!t.is_ok()) {
