@@ -8,7 +8,7 @@ packages=(
   libtorch-dev libopenblas0-pthread libgloo-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libxxhash-dev libssl-dev
+  libxxhash-dev libssl-dev libpcre2-dev nodejs
   python3 python3-torch python3-numpy
   fortunes
 )
@@ -19,6 +19,12 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
+
+# npm comes with Debian's nodejs from other sources (e.g. nodesource); Debian's own nodejs
+# needs the separate npm package.
+if ! command -v npm > /dev/null 2>&1; then
+  missing+=(npm)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

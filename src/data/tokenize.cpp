@@ -1,20 +1,28 @@
 // tokenize_files: text and JSON-lines documents -> BOS-prefixed token shards, split
-// deterministically into train and val. Single-threaded and streaming (one line of input and at
-// most one open shard per split in memory). Prints nothing: the CLI reports the stats.
+// deterministically into train and val. Streaming: one batch of documents (a few MiB per thread)
+// and at most one open shard per split in memory. The batch is encoded by all threads, then
+// written in document order by the calling thread. Prints nothing itself: the caller's
+// on_progress callback (e.g. stderr_progress_bar) and the returned stats report.
 //
 // Invariant: a document is never split across shards, and document d (0-based, counting every
 // non-empty document of every input in order) goes to val iff val_fraction > 0 and
-// d % k == k - 1, k = round(1 / val_fraction). Empty documents are skipped and not counted.
+// d % k == k - 1, k = round(1 / val_fraction). Empty documents are skipped and not counted. The
+// output is the same for every thread count.
 #include "data/tokenize.h"
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <thread>
 
 #include "data/shard.h"
 
@@ -36,13 +44,12 @@ class SplitWriter {
   SplitWriter(fs::path dir, const Tokenizer& tokenizer, uint64_t shard_tokens)
       : dir_(std::move(dir)), tokenizer_(tokenizer), shard_tokens_(shard_tokens) {}
 
-  Status add_document(std::string_view text, uint64_t* tokens_out) {
+  Status add_document(const std::vector<uint32_t>& ids, uint64_t* tokens_out) {
     if (!writer_) {
       char name[32];
       std::snprintf(name, sizeof(name), "shard_%05d.tok", shards_);
       writer_.emplace((dir_ / name).string(), tokenizer_.vocab_size());
     }
-    std::vector<uint32_t> ids = tokenizer_.encode(text);
     const uint32_t bos = tokenizer_.bos_id();
     writer_->append(&bos, 1);
     writer_->append(ids.data(), ids.size());
@@ -69,24 +76,148 @@ class SplitWriter {
   int shards_ = 0;
 };
 
-// Routes each document to train or val and keeps the stats.
+// Encodes batches of documents on `threads` threads: threads - 1 workers live as long as the pool
+// (so their per-thread tokenizer caches stay warm across batches) and the calling thread works
+// too. Documents are handed out one at a time through an atomic counter, so long documents do not
+// leave threads idle; ids[i] is always the encoding of texts[i], whatever thread made it.
+class EncodePool {
+ public:
+  EncodePool(const Tokenizer& tokenizer, int threads) : tokenizer_(tokenizer) {
+    for (int t = 1; t < threads; ++t) workers_.emplace_back([this] { worker_loop(); });
+  }
+  ~EncodePool() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    work_ready_.notify_all();
+    for (auto& w : workers_) w.join();
+  }
+  EncodePool(const EncodePool&) = delete;
+  EncodePool& operator=(const EncodePool&) = delete;
+
+  // Blocks until every text is encoded.
+  void run(const std::vector<std::string>& texts, std::vector<std::vector<uint32_t>>& ids) {
+    ids.resize(texts.size());
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      texts_ = &texts;
+      ids_ = &ids;
+      next_.store(0);
+      busy_ = static_cast<int>(workers_.size());
+      ++generation_;
+    }
+    work_ready_.notify_all();
+    encode_some();
+    std::unique_lock<std::mutex> lock(mu_);
+    work_done_.wait(lock, [this] { return busy_ == 0; });
+  }
+
+ private:
+  void encode_some() {
+    for (size_t i; (i = next_.fetch_add(1, std::memory_order_relaxed)) < texts_->size();)
+      (*ids_)[i] = tokenizer_.encode((*texts_)[i]);
+  }
+
+  void worker_loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        work_ready_.wait(lock, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+      }
+      encode_some();
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--busy_ == 0) work_done_.notify_one();
+    }
+  }
+
+  const Tokenizer& tokenizer_;
+  std::vector<std::thread> workers_;
+  // mu_ guards generation_, busy_, stop_ and the batch pointers' publication; next_ is the only
+  // state workers share while encoding.
+  std::mutex mu_;
+  std::condition_variable work_ready_, work_done_;
+  uint64_t generation_ = 0;
+  int busy_ = 0;
+  bool stop_ = false;
+  const std::vector<std::string>* texts_ = nullptr;
+  std::vector<std::vector<uint32_t>>* ids_ = nullptr;
+  std::atomic<size_t> next_{0};
+};
+
+// Routes each document to train or val, batches them for parallel encoding, and keeps the stats
+// and the progress reports.
 class DocumentSink {
  public:
-  DocumentSink(SplitWriter& train, SplitWriter* val, uint64_t val_every, TokenizeStats& stats)
-      : train_(train), val_(val), val_every_(val_every), stats_(stats) {}
+  DocumentSink(const Tokenizer& tokenizer, SplitWriter& train, SplitWriter* val, uint64_t val_every, int threads,
+               TokenizeStats& stats, const TokenizeOptions& options, uint64_t bytes_total,
+               std::chrono::steady_clock::time_point t0)
+      : train_(train),
+        val_(val),
+        val_every_(val_every),
+        pool_(tokenizer, threads),
+        batch_bytes_(static_cast<uint64_t>(threads) * (2u << 20)),
+        stats_(stats),
+        options_(options),
+        bytes_total_(bytes_total),
+        t0_(t0) {}
 
   Status add(std::string_view text) {
     if (blank(text)) return Status::ok();
     const uint64_t d = stats_.documents++;
-    if (val_ && d % val_every_ == val_every_ - 1) return val_->add_document(text, &stats_.val_tokens);
-    return train_.add_document(text, &stats_.train_tokens);
+    pending_val_.push_back(val_ && d % val_every_ == val_every_ - 1);
+    pending_.emplace_back(text);
+    pending_bytes_ += text.size();
+    if (pending_bytes_ >= batch_bytes_) return flush();
+    return Status::ok();
+  }
+
+  // Encodes and writes every pending document, then reports progress.
+  Status flush() {
+    pool_.run(pending_, ids_);
+    for (size_t i = 0; i < pending_.size(); ++i) {
+      if (pending_val_[i]) {
+        MERIDIAN_RETURN_IF_ERROR(val_->add_document(ids_[i], &stats_.val_tokens));
+      } else {
+        MERIDIAN_RETURN_IF_ERROR(train_.add_document(ids_[i], &stats_.train_tokens));
+      }
+    }
+    pending_.clear();
+    pending_val_.clear();
+    pending_bytes_ = 0;
+    report(false);
+    return Status::ok();
+  }
+
+  void report(bool done) const {
+    if (!options_.on_progress) return;
+    TokenizeProgress p;
+    p.bytes_done = stats_.bytes_in;
+    p.bytes_total = std::max(bytes_total_, stats_.bytes_in);
+    p.documents = stats_.documents;
+    p.tokens = stats_.train_tokens + stats_.val_tokens;
+    p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    p.done = done;
+    options_.on_progress(p);
   }
 
  private:
   SplitWriter& train_;
   SplitWriter* val_;
   uint64_t val_every_;
+  EncodePool pool_;
+  uint64_t batch_bytes_;
   TokenizeStats& stats_;
+  const TokenizeOptions& options_;
+  uint64_t bytes_total_;
+  std::chrono::steady_clock::time_point t0_;
+  std::vector<std::string> pending_;
+  std::vector<bool> pending_val_;
+  uint64_t pending_bytes_ = 0;
+  std::vector<std::vector<uint32_t>> ids_;
 };
 
 Status read_text(const std::string& path, const TokenizeOptions& options, DocumentSink& sink, TokenizeStats& stats) {
@@ -175,11 +306,19 @@ Result<TokenizeStats> tokenize_files(const std::vector<std::string>& inputs, con
   if (with_val) MERIDIAN_RETURN_IF_ERROR(prepare_dir(out / "val"));
   const uint64_t val_every = with_val ? std::max<uint64_t>(1, static_cast<uint64_t>(std::llround(1.0 / options.val_fraction))) : 1;
 
+  uint64_t bytes_total = 0;
+  for (const auto& input : inputs) {
+    std::error_code ec;
+    const auto size = fs::file_size(input, ec);
+    if (!ec) bytes_total += size;
+  }
+  const int threads = options.threads > 0 ? options.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+
   TokenizeStats stats;
   SplitWriter train(out / "train", tokenizer, options.shard_tokens);
   std::unique_ptr<SplitWriter> val;
   if (with_val) val = std::make_unique<SplitWriter>(out / "val", tokenizer, options.shard_tokens);
-  DocumentSink sink(train, val.get(), val_every, stats);
+  DocumentSink sink(tokenizer, train, val.get(), val_every, threads, stats, options, bytes_total, t0);
 
   for (const auto& input : inputs) {
     if (ends_with(input, ".jsonl")) {
@@ -188,11 +327,32 @@ Result<TokenizeStats> tokenize_files(const std::vector<std::string>& inputs, con
       MERIDIAN_RETURN_IF_ERROR(read_text(input, options, sink, stats));
     }
   }
+  MERIDIAN_RETURN_IF_ERROR(sink.flush());
   MERIDIAN_RETURN_IF_ERROR(train.close_shard());
   if (val) MERIDIAN_RETURN_IF_ERROR(val->close_shard());
   stats.shards = train.shards() + (val ? val->shards() : 0);
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  sink.report(true);
   return stats;
+}
+
+std::function<void(const TokenizeProgress&)> stderr_progress_bar() {
+  // The state lives in the closure; the callback runs on tokenize_files' calling thread only.
+  auto last_draw = std::make_shared<double>(-1.0);
+  return [last_draw](const TokenizeProgress& p) {
+    if (!p.done && *last_draw >= 0.0 && p.seconds - *last_draw < 0.2) return;
+    *last_draw = p.seconds;
+    const double fraction = p.bytes_total > 0 ? static_cast<double>(p.bytes_done) / static_cast<double>(p.bytes_total) : 1.0;
+    constexpr int kWidth = 24;
+    const int filled = std::clamp(static_cast<int>(fraction * kWidth), 0, kWidth);
+    const std::string bar = std::string(static_cast<size_t>(filled), '#') + std::string(static_cast<size_t>(kWidth - filled), '.');
+    const double mb_per_s = p.seconds > 0.0 ? static_cast<double>(p.bytes_done) / 1e6 / p.seconds : 0.0;
+    std::fprintf(stderr, "\rtokenize [%s] %3d%%  %.1f/%.1f MB  %.1f MB/s  %llu docs  %.2fM tokens%s", bar.c_str(),
+                 static_cast<int>(fraction * 100.0), static_cast<double>(p.bytes_done) / 1e6,
+                 static_cast<double>(p.bytes_total) / 1e6, mb_per_s, static_cast<unsigned long long>(p.documents),
+                 static_cast<double>(p.tokens) / 1e6, p.done ? "\n" : "");
+    std::fflush(stderr);
+  };
 }
 
 }  // namespace meridian::data

@@ -3,6 +3,10 @@
 // are dropped by decode.
 #include "data/tokenizer.h"
 
+#include <filesystem>
+
+#include "data/bpe.h"
+
 namespace meridian::data {
 
 std::vector<uint32_t> ByteTokenizer::encode(std::string_view text) const {
@@ -22,7 +26,16 @@ std::string ByteTokenizer::decode(const std::vector<uint32_t>& ids) const {
 
 Result<std::unique_ptr<Tokenizer>> make_tokenizer(const std::string& name) {
   if (name == "bytes") return std::unique_ptr<Tokenizer>(std::make_unique<ByteTokenizer>());
-  return Status::error("unknown tokenizer '" + name + "'", "known tokenizers: bytes");
+  const std::string path = name == "llama3" ? std::string(kLlama3TokenizerPath) : name;
+  std::error_code ec;
+  if (name != "llama3" && !std::filesystem::exists(path, ec))
+    return Status::error("unknown tokenizer '" + name + "' (neither a known name nor an existing file)",
+                         "known tokenizers: bytes, llama3 (run scripts/setup-tokenizer.sh first), or a path to a "
+                         "tokenizer.json / tiktoken ranks file");
+  auto bpe = BpeTokenizer::load(path);
+  if (!bpe) return bpe.status();
+  if (name == "llama3") bpe.value()->set_name("llama3");
+  return std::unique_ptr<Tokenizer>(std::move(bpe.value()));
 }
 
 }  // namespace meridian::data

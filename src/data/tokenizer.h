@@ -1,5 +1,5 @@
 // Tokenizer interface and the byte-level tokenizer (ids 0..255 are bytes, then BOS, EOS, PAD).
-// The Llama-3 BPE tokenizer implements the same interface in its own issue.
+// The Llama-3 BPE tokenizer (data/bpe.h) implements the same interface.
 #pragma once
 
 #include <cstdint>
@@ -34,7 +34,13 @@ class ByteTokenizer final : public Tokenizer {
   std::string name() const override { return "bytes"; }
 };
 
-// "bytes" -> ByteTokenizer; anything else is an error naming the known tokenizers.
+// Where scripts/setup-tokenizer.sh writes the Llama-3 vocabulary, relative to the repository root
+// (the working directory of `make` and of the CLI in the demos).
+inline constexpr const char* kLlama3TokenizerPath = "data/tokenizers/llama3/tokenizer.json";
+
+// "bytes" -> ByteTokenizer; "llama3" -> the BPE tokenizer from kLlama3TokenizerPath; any other
+// name is a path to a Hugging Face tokenizer.json or a tiktoken ranks file (data/bpe.h). Errors
+// name the file and list the known names.
 Result<std::unique_ptr<Tokenizer>> make_tokenizer(const std::string& name);
 
 }  // namespace meridian::data
