@@ -1,0 +1,177 @@
+// The coordinator's state machine: membership views with an epoch, the join barrier, heartbeat
+// eviction, graceful leave, and the one final status of every operation. Pure: events in,
+// actions out, time passed in; no sockets, no clock, no threads (STYLE.md habit 4). The TCP
+// daemon (coordinator_server.h) and the seeded simulation (tests/sim/coord_sim.cpp) drive the
+// same code.
+//
+// The rules, in prose:
+//   * A peer registers with C2M_Join and gets M2C_Welcome{peer_id}. A new peer is a joiner: it
+//     is not in the view and waits to be admitted.
+//   * Barrier: a peer calls update_topology (C2M_UpdateTopology). When every member of the
+//     current view has called it (a barrier per epoch), the joiners that called it too are
+//     admitted: if that changes the member set, the epoch increases by one (round 1), else the
+//     round increases by one; every peer at the barrier gets M2C_View{barrier = true}. With no members (the start of a run), joiners at
+//     the barrier are admitted as soon as they are at least the largest min_members asked for.
+//   * Eviction: a peer not heard from (any message counts) for heartbeat_timeout is removed at
+//     the next Tick; a peer whose connection closes, or that sends C2M_Leave, is removed at
+//     once. Removing a member publishes a new view (epoch + 1) to the remaining members at once
+//     (M2C_View{barrier = false}); it does not complete anybody's barrier by itself, but the
+//     barrier is re-checked, since the one missing member may have been the removed one.
+//   * Operations, named by (epoch, op_id): members announce C2M_OpBegin and report C2M_OpResult. Every
+//     operation gets exactly one final status M2C_OpFinal, sent to the members of its epoch:
+//     ok when all of them reported ok, aborted at the first failure report, or when the view
+//     changes before it is complete (a member died, left or froze). A report for an operation
+//     already final is answered with the same final status again, never a different one.
+//   * Soft state: after a restart the coordinator knows nothing. A peer re-registers with its
+//     previous id and the view it holds; the first such peer re-creates that view (same epoch,
+//     all its members, the absent ones as not yet reconnected), the others re-attach to it.
+//     Members that never come back are evicted by the heartbeat rule, so the run goes on. A
+//     re-registering peer also tells the last final status it received, so that members that
+//     missed it (the old coordinator died while sending it) get the same one.
+//
+// Invariants (checked by the simulation): one member list per epoch (across restarts too, see
+// kEpochSequenceBits), epochs only increase,
+// every operation gets at most one final status value, a joiner is admitted only at a barrier.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "net/membership/wire.h"
+
+namespace meridian::coord {
+
+using net::PeerId;
+using net::kNoPeer;
+namespace wire = net::membership;
+
+// The daemon's handle for one authenticated connection; never 0.
+using ConnId = uint64_t;
+inline constexpr ConnId kNoConn = 0;
+
+// Epochs published by a coordinator incarnation start at incarnation << kEpochSequenceBits, so
+// that a restarted coordinator never re-uses an epoch its predecessor may have published
+// without any peer telling it (a view sent just before the crash). Re-created views keep
+// their epoch: they are the predecessor's views, as the peers hold them.
+inline constexpr int kEpochSequenceBits = 20;
+
+struct CoordinatorConfig {
+  uint64_t incarnation = 0;                   // daemon: wall-clock ms at start (increases across restarts)
+  int64_t heartbeat_timeout_us = 5'000'000;
+  int64_t heartbeat_interval_us = 1'000'000;  // told to peers; must be well below the timeout
+  size_t max_tracked_ops = 4096;              // finals remembered for late reports
+};
+
+// The coordinator as a whole.
+enum class Phase : uint8_t {
+  kEmpty,    // no members (a fresh start, a restart nobody re-registered with yet, or all gone)
+  kStable,   // a view is published; nobody waits at the barrier
+  kBarrier,  // at least one peer called update_topology and waits for the others
+};
+const char* phase_name(Phase phase);
+
+// One registered peer.
+enum class PeerPhase : uint8_t {
+  kJoining,  // registered, not in the view: waits to be admitted at a barrier
+  kMember,   // in the current view
+};
+
+// Events: what the daemon saw.
+struct EvMessage {
+  ConnId conn = kNoConn;
+  wire::ControlMessage message;
+};
+struct EvDisconnected {
+  ConnId conn = kNoConn;
+  std::string reason;
+};
+struct EvTick {};
+using Event = std::variant<EvMessage, EvDisconnected, EvTick>;
+
+// Actions: what the daemon must do, in order. (A tagged struct rather than a variant: GCC 12
+// warns falsely about variants of variants of strings.)
+struct Action {
+  enum class Kind : uint8_t {
+    kSend,   // send `message` on `conn`
+    kClose,  // close `conn` (after what is queued for it); `text` says why
+    kLog,    // print `text`
+  };
+  Kind kind = Kind::kLog;
+  ConnId conn = kNoConn;
+  wire::ControlMessage message;
+  std::string text;
+
+  static Action send(ConnId conn, wire::ControlMessage message);
+  static Action close(ConnId conn, std::string why);
+  static Action log(std::string line);
+};
+
+class CoordinatorState {
+ public:
+  explicit CoordinatorState(const CoordinatorConfig& config);
+
+  // The transition function. now_us: the daemon's monotonic clock.
+  std::vector<Action> handle(const Event& event, int64_t now_us);
+
+  // When the next Tick may evict someone (INT64_MAX if nobody is registered).
+  int64_t next_deadline_us() const;
+
+  Phase phase() const { return phase_; }
+  const wire::View& view() const { return view_; }
+  size_t joiner_count() const;
+  bool is_registered(PeerId peer) const { return peers_.count(peer) != 0; }
+  // The final status of an operation, if decided: true = ok.
+  std::optional<bool> final_of(uint64_t epoch, uint64_t op_id) const;
+
+ private:
+  struct PeerRecord {
+    PeerId id = kNoPeer;
+    std::string address;
+    PeerPhase phase = PeerPhase::kJoining;
+    ConnId conn = kNoConn;  // kNoConn: restored from a re-registration, not reconnected yet
+    int64_t last_heard_us = 0;
+    bool at_barrier = false;
+    uint32_t min_members = 0;
+  };
+  struct OpRecord {
+    uint64_t epoch = 0;
+    std::set<PeerId> reported_ok;
+    bool final_sent = false;
+    bool final_ok = false;
+    std::string final_detail;
+  };
+  using Out = std::vector<Action>;
+
+  void on_message(ConnId conn, const wire::ControlMessage& message, int64_t now_us, Out& out);
+  void on_join(ConnId conn, const wire::C2M_Join& join, int64_t now_us, Out& out);
+  void on_op_begin(PeerId peer, const wire::C2M_OpBegin& m, Out& out);
+  void on_op_result(PeerId peer, const wire::C2M_OpResult& m, Out& out);
+  void remove_peer(PeerId peer, const std::string& why, Out& out);
+  void publish_view(std::vector<wire::ViewMember> members, const std::string& why, Out& out);
+  void try_complete_barrier(Out& out);
+  using OpKey = std::pair<uint64_t, uint64_t>;  // (epoch, op_id)
+  void finish_op(const OpKey& key, OpRecord& op, bool ok, const std::string& detail, Out& out);
+  uint64_t next_epoch();
+  void learn_final(uint64_t epoch, uint64_t op_id, bool ok, PeerId from, Out& out);
+  void abort_ops_before(uint64_t epoch, const std::string& why, Out& out);
+  void send_to_members(const wire::ControlMessage& message, Out& out);
+  void update_phase();
+  void check_consistency() const;
+  PeerRecord* peer_on(ConnId conn);
+
+  CoordinatorConfig config_;
+  Phase phase_ = Phase::kEmpty;
+  wire::View view_;                       // the current view (epoch 0: none yet)
+  bool restored_ = false;                 // view_ was re-created from a re-registration
+  std::map<PeerId, PeerRecord> peers_;    // members and joiners
+  std::map<ConnId, PeerId> peer_of_conn_;
+  PeerId next_peer_id_ = 0;
+  bool published_ = false;                // this incarnation has published a view
+  std::map<OpKey, OpRecord> ops_;         // the oldest finals are forgotten first
+};
+
+}  // namespace meridian::coord

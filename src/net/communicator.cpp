@@ -1,0 +1,382 @@
+#include "net/communicator.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+
+#include "core/assert.h"
+#include "net/membership/socket_io.h"
+
+namespace meridian::net {
+
+namespace ms = membership;
+
+namespace {
+
+constexpr int64_t kReconnectBackoffUs = 50'000;
+constexpr size_t kMaxFinalsKept = 256;
+
+std::chrono::steady_clock::time_point to_time_point(int64_t us) {
+  return std::chrono::steady_clock::time_point(std::chrono::microseconds(us));
+}
+
+}  // namespace
+
+Communicator::Communicator(const CommunicatorOptions& options) : options_(options) {}
+
+Result<std::unique_ptr<Communicator>> Communicator::connect(const CommunicatorOptions& options) {
+  if (options.token.empty()) return Status::error("communicator: empty run token", "pass the run's token file");
+  std::unique_ptr<Communicator> c(new Communicator(options));
+  Result<ms::Listener> l = ms::listen_tcp(options.listen_address);
+  if (!l) return l.status();
+  c->listen_fd_ = l->fd;
+  c->listen_address_ = l->address;
+  if (::pipe2(c->wake_fds_, O_CLOEXEC | O_NONBLOCK) != 0) return Status::error(std::string("pipe: ") + std::strerror(errno));
+  c->control_thread_ = std::thread([p = c.get()] { p->control_loop(); });
+  const int64_t deadline = ms::steady_now_us() + options.connect_timeout_ms * 1000;
+  std::unique_lock<std::mutex> lock(c->mutex_);
+  c->cv_.wait_until(lock, to_time_point(deadline), [&] { return c->registered_ || !c->fatal_.is_ok(); });
+  if (!c->fatal_.is_ok()) return c->fatal_;
+  if (!c->registered_) {
+    return Status::error("cannot register with the coordinator at " + options.coordinator_address + " within " +
+                             std::to_string(options.connect_timeout_ms) + " ms",
+                         "check that `meridian coordinator` runs there and is reachable");
+  }
+  return c;
+}
+
+Communicator::~Communicator() {
+  leave();
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+  for (int fd : wake_fds_) {
+    if (fd >= 0) ::close(fd);
+  }
+}
+
+PeerId Communicator::peer_id() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return peer_id_;
+}
+
+void Communicator::wake_control() {
+  const char b = 1;
+  [[maybe_unused]] const ssize_t n = ::write(wake_fds_[1], &b, 1);
+}
+
+void Communicator::send_control(const ms::ControlMessage& m) {
+  const std::vector<std::byte> frame = ms::encode_frame(m);
+  std::lock_guard<std::mutex> lock(send_mutex_);
+  // A failed write is not reported here: the control thread notices the broken connection,
+  // reconnects and re-sends what is pending.
+  if (coord_fd_ >= 0) ms::write_all(coord_fd_, frame.data(), frame.size(), ms::steady_now_us() + 1'000'000);
+}
+
+// ---- control thread ------------------------------------------------------------------------
+
+Status Communicator::register_once(int64_t deadline_us, bool* refused) {
+  *refused = false;
+  Result<int> fd = ms::connect_tcp(options_.coordinator_address, deadline_us);
+  if (!fd) return fd.status();
+  ms::Hello hello;
+  hello.version = options_.protocol_version;
+  hello.role = ms::Role::kPeerToCoordinator;
+  Status st = ms::client_handshake(*fd, options_.token, hello, "coordinator at " + options_.coordinator_address,
+                                   deadline_us, refused);
+  if (!st.is_ok()) {
+    ::close(*fd);
+    return st;
+  }
+  ms::C2M_Join join;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    join.previous_peer_id = peer_id_;
+    join.listen_address = listen_address_;
+    join.last_view = held_view_;
+    if (!finals_.empty()) {
+      const ms::M2C_OpFinal& f = finals_.rbegin()->second;
+      join.last_final_epoch = f.epoch;
+      join.last_final_op_id = f.op_id;
+      join.last_final_ok = f.ok;
+    }
+  }
+  const std::vector<std::byte> frame = ms::encode_frame(join);
+  if (!ms::write_all(*fd, frame.data(), frame.size(), deadline_us)) {
+    ::close(*fd);
+    return Status::error("coordinator at " + options_.coordinator_address + ": cannot send C2M_Join");
+  }
+  std::lock_guard<std::mutex> send_lock(send_mutex_);
+  coord_fd_ = *fd;
+  return Status::ok();
+}
+
+void Communicator::control_loop() {
+  ms::FrameReader reader;
+  int64_t away_since_us = ms::steady_now_us();
+  int64_t next_heartbeat_us = 0;
+  int64_t heartbeat_interval_us = 1'000'000;
+  Status last_error;
+  bool was_registered = false;
+  while (!stop_) {
+    const int64_t now = ms::steady_now_us();
+    if (coord_fd_ < 0) {
+      bool refused = false;
+      const Status st = register_once(now + options_.connect_timeout_ms * 1000, &refused);
+      if (!st.is_ok()) {
+        last_error = st;
+        const bool too_long = ms::steady_now_us() - away_since_us > options_.reconnect_timeout_ms * 1000;
+        if (refused || too_long) {
+          std::lock_guard<std::mutex> lock(mutex_);
+          fatal_ = refused ? st
+                           : Status::error("the coordinator at " + options_.coordinator_address + " was unreachable for " +
+                                               std::to_string(options_.reconnect_timeout_ms) + " ms: " + st.message(),
+                                           "restart the coordinator on the same address; the peers re-register");
+          if (mesh_ && running_op_ != 0) mesh_->interrupt(fatal_.message());
+          cv_.notify_all();
+          return;
+        }
+        pollfd pfd{wake_fds_[0], POLLIN, 0};
+        ::poll(&pfd, 1, static_cast<int>(kReconnectBackoffUs / 1000));  // back off; a stop wakes us
+        continue;
+      }
+      reader = ms::FrameReader();
+      next_heartbeat_us = 0;
+    }
+    if (now >= next_heartbeat_us) {
+      send_control(ms::C2M_Heartbeat{});
+      next_heartbeat_us = now + heartbeat_interval_us;
+    }
+    pollfd fds[2] = {{wake_fds_[0], POLLIN, 0}, {coord_fd_, POLLIN, 0}};
+    const int timeout_ms = static_cast<int>(std::max<int64_t>(0, (next_heartbeat_us - now + 999) / 1000));
+    if (::poll(fds, 2, timeout_ms) < 0) continue;
+    if (fds[0].revents & POLLIN) {
+      char drain[64];
+      while (::read(wake_fds_[0], drain, sizeof(drain)) > 0) {
+      }
+    }
+    if (!(fds[1].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+    for (;;) {
+      std::vector<std::byte> payload;
+      const ms::ReadResult r = ms::read_frame(coord_fd_, reader, &payload, 0);
+      if (r.code == ms::ReadCode::kTimeout) break;
+      Result<ms::ControlMessage> m = r.code == ms::ReadCode::kOk ? ms::decode_message(payload)
+                                                                 : Result<ms::ControlMessage>(Status::error(r.detail));
+      if (!m) {
+        {
+          std::lock_guard<std::mutex> send_lock(send_mutex_);
+          ::close(coord_fd_);
+          coord_fd_ = -1;
+        }
+        std::lock_guard<std::mutex> lock(mutex_);
+        registered_ = false;
+        away_since_us = ms::steady_now_us();
+        std::fprintf(stderr, "meridian: lost the coordinator at %s (%s); reconnecting\n",
+                     options_.coordinator_address.c_str(), m.status().message().c_str());
+        break;
+      }
+      if (const auto* w = std::get_if<ms::M2C_Welcome>(&*m)) {
+        heartbeat_interval_us = std::max<int64_t>(1000, int64_t{w->heartbeat_interval_ms} * 1000);
+        if (was_registered) {
+          std::fprintf(stderr, "meridian: re-registered with the coordinator as peer %u after %lld ms\n", w->peer_id,
+                       static_cast<long long>((ms::steady_now_us() - away_since_us) / 1000));
+        }
+        was_registered = true;
+      }
+      std::lock_guard<std::mutex> lock(mutex_);
+      on_control_message(*m);
+    }
+  }
+}
+
+void Communicator::on_control_message(const ms::ControlMessage& m) {
+  if (const auto* w = std::get_if<ms::M2C_Welcome>(&m)) {
+    peer_id_ = w->peer_id;
+    registered_ = true;
+    // Re-send what the coordinator may have lost (it restarted, or the connection broke).
+    if (pending_update_) send_control(*pending_update_);
+    if (pending_begin_) send_control(*pending_begin_);
+    if (pending_result_) send_control(*pending_result_);
+  } else if (const auto* v = std::get_if<ms::M2C_View>(&m)) {
+    if (v->view.epoch >= held_view_.epoch) held_view_ = v->view;
+    newest_epoch_ = std::max(newest_epoch_, v->view.epoch);
+    if (v->barrier && pending_update_) {
+      barrier_view_ = v->view;
+      pending_update_.reset();
+    }
+    if (running_op_ != 0 && v->view.epoch > running_epoch_ && mesh_) {
+      mesh_->interrupt("view changed to epoch " + std::to_string(v->view.epoch) + " (" +
+                       std::to_string(v->view.members.size()) + " members)");
+    }
+  } else if (const auto* f = std::get_if<ms::M2C_OpFinal>(&m)) {
+    finals_[{f->epoch, f->op_id}] = *f;
+    while (finals_.size() > kMaxFinalsKept) finals_.erase(finals_.begin());
+    if (!f->ok && running_op_ == f->op_id && running_epoch_ == f->epoch && mesh_) {
+      mesh_->interrupt("operation aborted: " + f->detail);
+    }
+    if (pending_begin_ && pending_begin_->op_id == f->op_id && pending_begin_->epoch == f->epoch) pending_begin_.reset();
+    if (pending_result_ && pending_result_->op_id == f->op_id && pending_result_->epoch == f->epoch) pending_result_.reset();
+  }
+  cv_.notify_all();
+}
+
+// ---- the caller's API ------------------------------------------------------------------------
+
+Status Communicator::update_topology(size_t min_members) {
+  if (left_) return Status::error("update_topology after leave()");
+  const int64_t deadline = ms::steady_now_us() + options_.topology_timeout_ms * 1000;
+  ms::C2M_UpdateTopology request{view_.epoch, static_cast<uint32_t>(min_members)};
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!fatal_.is_ok()) return fatal_;
+    barrier_view_.reset();
+    pending_update_ = request;
+  }
+  send_control(request);
+  ms::View next;
+  PeerId self = kNoPeer;
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait_until(lock, to_time_point(deadline), [&] { return barrier_view_.has_value() || !fatal_.is_ok(); });
+    if (!fatal_.is_ok()) return fatal_;
+    if (!barrier_view_) {
+      pending_update_.reset();
+      return Status::error("update_topology: no new view within " + std::to_string(options_.topology_timeout_ms) +
+                           " ms (the other members did not all call update_topology)");
+    }
+    next = *barrier_view_;
+    barrier_view_.reset();
+    self = peer_id_;
+  }
+  const auto me = std::find_if(next.members.begin(), next.members.end(),
+                               [&](const ms::ViewMember& m) { return m.peer_id == self; });
+  if (me == next.members.end()) return Status::error("update_topology: this peer is not in view epoch " + std::to_string(next.epoch));
+  const size_t rank = static_cast<size_t>(me - next.members.begin());
+  if (next.epoch != view_.epoch || !runner_) {
+    std::unique_ptr<ms::MeshTransport> old;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      old = std::move(mesh_);
+    }
+    runner_.reset();
+    old.reset();  // closes the previous view's connections
+    ms::MeshTransportOptions mesh_options;
+    mesh_options.token = options_.token;
+    mesh_options.epoch = next.epoch;
+    mesh_options.streams_per_peer = options_.streams_per_peer;
+    auto mesh = std::make_unique<ms::MeshTransport>(mesh_options, listen_fd_);
+    std::vector<std::string> addresses;
+    for (const ms::ViewMember& m : next.members) addresses.push_back(m.address);
+    const Status st = mesh->connect_mesh(static_cast<PeerId>(rank), addresses, deadline);
+    view_ = next;
+    rank_ = rank;
+    if (!st.is_ok()) return st.with_context("update_topology (view epoch " + std::to_string(next.epoch) + ")");
+    runner_ = std::make_unique<AllReduceRunner>(*mesh);
+    std::lock_guard<std::mutex> lock(mutex_);
+    mesh_ = std::move(mesh);
+  }
+  view_ = next;
+  rank_ = rank;
+  op_seq_ = 0;
+  return Status::ok();
+}
+
+NetStatus Communicator::all_reduce(float* buffer, size_t count, Codec codec, ReduceOp op, OpStats* stats) {
+  const int64_t start_us = ms::steady_now_us();
+  const int64_t deadline = start_us + options_.op_timeout_ms * 1000;
+  if (!runner_) return NetStatus::error(NetCode::kClosed, kNoPeer, "all_reduce without a view: call update_topology first");
+  const uint64_t epoch = view_.epoch;
+  // With the epoch, names the operation: unique within the epoch's mesh, the same on every
+  // member (the round comes from the barrier, the sequence number counts calls since it).
+  const uint64_t op_id = (view_.round << 32) | ++op_seq_;
+  ms::MeshTransport* mesh = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!fatal_.is_ok()) return NetStatus::error(NetCode::kClosed, kNoPeer, fatal_.message());
+    if (newest_epoch_ > epoch) {
+      return NetStatus::error(NetCode::kPeerLost, kNoPeer,
+                              "the view changed to epoch " + std::to_string(newest_epoch_) + ": call update_topology");
+    }
+    mesh = mesh_.get();
+    mesh->clear_interrupts();
+    running_op_ = op_id;
+    running_epoch_ = epoch;
+    pending_begin_ = ms::C2M_OpBegin{epoch, op_id};
+    pending_result_.reset();
+  }
+  send_control(ms::C2M_OpBegin{epoch, op_id});
+
+  scratch_.assign(buffer, buffer + count);
+  std::vector<PeerId> ranks(view_.members.size());
+  for (size_t i = 0; i < ranks.size(); ++i) ranks[i] = static_cast<PeerId>(i);
+  AllReduceOptions ar;
+  ar.codec = codec;
+  ar.op = op;
+  ar.chunk_values = options_.chunk_values;
+  ar.timeout_ms = options_.op_timeout_ms;
+  ar.op_id = op_id;
+  AllReduceStats ar_stats;
+  NetStatus st = runner_->run(ranks, std::span<float>(scratch_), ar, &ar_stats);
+
+  ms::C2M_OpResult report{epoch, op_id, st.is_ok(), st.is_ok() ? "" : st.to_string()};
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    pending_result_ = report;
+  }
+  send_control(report);
+  if (st.is_ok()) {
+    // Commit only on the final status: every member holds the result, or nobody commits.
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait_until(lock, to_time_point(deadline), [&] { return finals_.count({epoch, op_id}) != 0 || !fatal_.is_ok(); });
+    auto f = finals_.find({epoch, op_id});
+    if (f == finals_.end()) {
+      st = NetStatus::error(NetCode::kTimeout, kNoPeer,
+                            fatal_.is_ok() ? "no final status from the coordinator for op " + std::to_string(op_id)
+                                           : fatal_.message());
+    } else if (!f->second.ok) {
+      st = NetStatus::error(NetCode::kPeerLost, kNoPeer, "operation aborted: " + f->second.detail);
+    } else if (count > 0) {
+      std::memcpy(buffer, scratch_.data(), count * sizeof(float));
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    running_op_ = 0;
+    pending_begin_.reset();
+    pending_result_.reset();
+  }
+  if (stats != nullptr) {
+    stats->op_id = op_id;
+    stats->epoch = epoch;
+    stats->bytes_sent = ar_stats.bytes_sent_total;
+    stats->bytes_recv = ar_stats.bytes_recv_total;
+    stats->seconds = (ms::steady_now_us() - start_us) / 1e6;
+  }
+  return st;
+}
+
+Status Communicator::leave() {
+  if (left_) return Status::ok();
+  left_ = true;
+  stop_ = true;  // first: the coordinator closes the connection on C2M_Leave, which must not look like a loss
+  send_control(ms::C2M_Leave{});
+  wake_control();
+  if (control_thread_.joinable()) control_thread_.join();
+  {
+    std::lock_guard<std::mutex> send_lock(send_mutex_);
+    if (coord_fd_ >= 0) ::close(coord_fd_);
+    coord_fd_ = -1;
+  }
+  runner_.reset();
+  std::unique_ptr<ms::MeshTransport> old;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    old = std::move(mesh_);
+  }
+  return Status::ok();
+}
+
+}  // namespace meridian::net

@@ -1,0 +1,142 @@
+// The API a trainer drives: join a run, agree on membership views, all-reduce fp32 buffers
+// among the current view's members, leave. Torch-free: buffers are (pointer, count).
+//
+//   auto comm = Communicator::connect(options);        // authenticate, register, get a peer id
+//   comm->update_topology();                            // barrier: adopt the next view, build the mesh
+//   NetStatus st = comm->all_reduce(buf, n, Codec::kInt8, ReduceOp::kMean, &stats);
+//   if (!st.is_ok()) { comm->update_topology(); retry; }  // buffer is as before the call
+//   comm->leave();
+//
+// How an operation ends (the coordinator's "one final status per operation"): every member
+// runs the all-reduce (collective/all_reduce.h) on a private copy of the buffer over the
+// view's authenticated mesh (membership/mesh_transport.h), then reports its local outcome to
+// the coordinator (C2M_OpResult) and waits for the operation's final status (M2C_OpFinal). The
+// caller's buffer is written only when the final status is ok, i.e. when every member holds the
+// same result: if one member fails after another has its result, nobody commits, so the
+// members never diverge. Cost: one extra copy of the buffer and one round trip to the
+// coordinator per operation.
+//
+// Failure: a member that dies closes its mesh connections (the others fail at once with
+// kPeerLost); a member that freezes stops heartbeating, the coordinator removes it after
+// heartbeat_timeout and publishes a new view, which interrupts the others' operation. Either
+// way the survivors' all_reduce returns an error within about the heartbeat timeout, their
+// buffers untouched; update_topology then adopts the new view and a retry succeeds.
+//
+// The coordinator is soft state: when the control connection breaks, a background thread
+// reconnects (bounded by reconnect_timeout_ms) and re-registers with this peer's id and view,
+// and re-sends what was pending (a barrier request, an operation's report); operations on the
+// mesh go on meanwhile.
+//
+// Threads: the caller's thread drives update_topology/all_reduce/leave (one at a time); one
+// control thread owns the coordinator socket's reads and the heartbeats. mutex_ guards the
+// state both touch (marked below).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/status.h"
+#include "net/collective/all_reduce.h"
+#include "net/membership/mesh_transport.h"
+#include "net/membership/wire.h"
+
+namespace meridian::net {
+
+struct CommunicatorOptions {
+  std::string coordinator_address;          // "host:port"
+  std::string token;                        // the run token (see membership::read_token_file)
+  std::string listen_address = "127.0.0.1:0";  // mesh port; 0: the OS picks
+  size_t streams_per_peer = 2;
+  size_t chunk_values = 1u << 16;
+  int64_t connect_timeout_ms = 10000;       // first registration
+  int64_t topology_timeout_ms = 60000;      // one update_topology (barrier + mesh)
+  int64_t op_timeout_ms = 60000;            // one all_reduce, final status included
+  int64_t reconnect_timeout_ms = 60000;     // the coordinator may be away this long
+  uint16_t protocol_version = membership::kProtocolVersion;  // tests only: speak another version
+};
+
+// Statistics of one all_reduce.
+struct OpStats {
+  uint64_t op_id = 0;
+  uint64_t epoch = 0;
+  uint64_t bytes_sent = 0;   // mesh frames, headers included
+  uint64_t bytes_recv = 0;
+  double seconds = 0.0;      // the whole call, final status included
+  double gbit_per_s() const { return seconds > 0 ? bytes_sent * 8.0 / seconds / 1e9 : 0.0; }
+};
+
+class Communicator {
+ public:
+  static Result<std::unique_ptr<Communicator>> connect(const CommunicatorOptions& options);
+  ~Communicator();  // leaves if leave() was not called
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  // Barrier with the other members: returns once the coordinator published the next view
+  // (joiners admitted) and the mesh for it is built. min_members: wait until the view would
+  // hold at least that many peers (start of a run of known size).
+  Status update_topology(size_t min_members = 0);
+
+  // Sum or mean of `count` floats across the view's members. On error the buffer is unchanged.
+  NetStatus all_reduce(float* buffer, size_t count, Codec codec, ReduceOp op, OpStats* stats = nullptr);
+
+  Status leave();
+
+  PeerId peer_id() const;
+  const membership::View& view() const { return view_; }  // the adopted view (caller's thread)
+  size_t rank() const { return rank_; }
+  const std::string& listen_address() const { return listen_address_; }
+
+ private:
+  explicit Communicator(const CommunicatorOptions& options);
+  void control_loop();                       // the control thread
+  Status register_once(int64_t deadline_us, bool* refused);  // control thread
+  void on_control_message(const membership::ControlMessage& m);  // control thread, mutex_ held
+  void send_control(const membership::ControlMessage& m);        // any thread
+  void wake_control();
+
+  CommunicatorOptions options_;
+  int listen_fd_ = -1;
+  std::string listen_address_;
+  int wake_fds_[2] = {-1, -1};
+  std::thread control_thread_;
+  std::atomic<bool> stop_{false};
+
+  // Caller's thread only:
+  membership::View view_;                    // adopted at the last update_topology
+  size_t rank_ = 0;
+  uint64_t op_seq_ = 0;                      // operations started since the last barrier
+  std::vector<float> scratch_;               // the all-reduce works here, not in the caller's buffer
+  std::unique_ptr<AllReduceRunner> runner_;  // per mesh
+  bool left_ = false;
+
+  std::mutex send_mutex_;                    // serialises writes to coord_fd_
+  int coord_fd_ = -1;                        // written under send_mutex_ (and mutex_ to replace)
+
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  // Guarded by mutex_:
+  PeerId peer_id_ = kNoPeer;
+  bool registered_ = false;                  // welcome received on the current connection
+  Status fatal_;                             // the coordinator refused us, or stayed away too long
+  std::optional<membership::View> barrier_view_;   // answer to the pending update_topology
+  std::optional<membership::C2M_UpdateTopology> pending_update_;
+  membership::View held_view_;               // what we tell a (restarted) coordinator we hold
+  uint64_t newest_epoch_ = 0;                // newest epoch the coordinator told us about
+  std::unique_ptr<membership::MeshTransport> mesh_;  // replaced by the caller's thread only
+  uint64_t running_op_ = 0;                  // op in progress (0: none)
+  uint64_t running_epoch_ = 0;
+  std::optional<membership::C2M_OpBegin> pending_begin_;
+  std::optional<membership::C2M_OpResult> pending_result_;
+  std::map<std::pair<uint64_t, uint64_t>, membership::M2C_OpFinal> finals_;  // recent, by (epoch, op_id)
+};
+
+}  // namespace meridian::net
