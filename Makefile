@@ -7,6 +7,7 @@ CMAKE_FLAGS ?=
 
 deps:
 	@bash scripts/install-deps.sh
+	@bash scripts/setup-tokenizer.sh
 
 configure: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) > $(BUILD).configure.log 2>&1 \

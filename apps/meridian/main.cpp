@@ -7,9 +7,12 @@
 //   meridian bench step --model NAME            inner-step throughput and MFU
 //   meridian bench allreduce --peers N --size BYTES --codec C   all-reduce vs c10d Gloo
 //   meridian config    [--list | --print]      every option, or the resolved config
+//   meridian coordinator --listen HOST:PORT --token-file F   the run's membership coordinator
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <torch/torch.h>
+
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -21,6 +24,7 @@
 #include "data/tokenize.h"
 #include "data/tokenizer.h"
 #include "io/checkpoint.h"
+#include "meridian/coordinator_cmd.h"
 #include "io/safetensors.h"
 #include "metrics/model_stats.h"
 #include "train/trainer.h"
@@ -134,11 +138,13 @@ int cmd_tokenize(const std::vector<std::string>& inputs, const std::string& outp
                  const data::TokenizeOptions& options) {
   auto tokenizer = data::make_tokenizer(tokenizer_name);
   if (!tokenizer) return fail(tokenizer.status());
-  auto stats = data::tokenize_files(inputs, output, *tokenizer.value(), options);
+  data::TokenizeOptions with_progress = options;
+  if (isatty(fileno(stderr))) with_progress.on_progress = data::stderr_progress_bar();
+  auto stats = data::tokenize_files(inputs, output, *tokenizer.value(), with_progress);
   if (!stats) return fail(stats.status());
   const auto& s = stats.value();
-  std::printf("tokenized %llu documents, %.2f MB in %.2f s (%.1f MB/s): %llu train tokens, %llu val tokens, %d shards in %s\n",
-              static_cast<unsigned long long>(s.documents), s.bytes_in / 1e6, s.seconds, s.bytes_in / 1e6 / std::max(s.seconds, 1e-9),
+  std::printf("tokenized %llu documents with %s, %.2f MB in %.2f s (%.1f MB/s): %llu train tokens, %llu val tokens, %d shards in %s\n",
+              static_cast<unsigned long long>(s.documents), tokenizer.value()->name().c_str(), s.bytes_in / 1e6, s.seconds, s.bytes_in / 1e6 / std::max(s.seconds, 1e-9),
               static_cast<unsigned long long>(s.train_tokens), static_cast<unsigned long long>(s.val_tokens), s.shards, output.c_str());
   return 0;
 }
@@ -211,7 +217,8 @@ int main(int argc, char** argv) {
   auto* tokenize = app.add_subcommand("tokenize", "turn .txt/.jsonl files into token shards");
   tokenize->add_option("--input", tok_inputs, "input files (.txt, .jsonl)")->required()->check(CLI::ExistingFile);
   tokenize->add_option("--output", tok_output, "output directory (train/ and val/ inside)")->required();
-  tokenize->add_option("--tokenizer", tok_name, "tokenizer (bytes)");
+  tokenize->add_option("--tokenizer", tok_name, "bytes | llama3 | a tokenizer.json or tiktoken ranks file");
+  tokenize->add_option("--threads", tok_options.threads, "encoding threads (0: all cores)");
   tokenize->add_option("--doc-separator", tok_options.doc_separator, "in .txt files, a line equal to this ends a document");
   tokenize->add_option("--text-field", tok_options.text_field, "in .jsonl files, the field holding the text");
   tokenize->add_option("--val-fraction", tok_options.val_fraction, "share of documents for validation")->check(CLI::Range(0.0, 0.5));
@@ -239,6 +246,14 @@ int main(int argc, char** argv) {
   add_config_args(config, config_args);
   config->add_flag("--list", config_list, "every option with its default, unit and help");
 
+  std::string coord_listen = "0.0.0.0:29500", coord_token_file;
+  int coord_timeout_ms = 10000, coord_interval_ms = 0;
+  auto* coordinator = app.add_subcommand("coordinator", "run the coordinator of a run: membership, epochs, heartbeats, abort");
+  coordinator->add_option("--listen", coord_listen, "HOST:PORT to listen on (port 0: the OS picks; printed)");
+  coordinator->add_option("--token-file", coord_token_file, "file holding the run token every peer must prove")->required();
+  coordinator->add_option("--heartbeat-timeout-ms", coord_timeout_ms, "a peer silent this long is removed");
+  coordinator->add_option("--heartbeat-interval-ms", coord_interval_ms, "how often peers heartbeat (0: a quarter of the timeout)");
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*train) return cmd_train(train_args, resume);
@@ -249,6 +264,7 @@ int main(int argc, char** argv) {
       return cmd_bench_step(bench_args, bench_steps, bench_warmup);
     }
     if (*config) return cmd_config(config_args, config_list);
+    if (*coordinator) return run_coordinator_command(coord_listen, coord_token_file, coord_timeout_ms, coord_interval_ms);
     if (*bench_allreduce) {
       std::vector<std::string> args = bench_allreduce->remaining();
       std::vector<char*> argv_bench{const_cast<char*>("meridian bench allreduce")};

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <filesystem>
 #include <sstream>
 
@@ -223,6 +224,44 @@ Status apply_overrides(Config& config, const std::vector<std::string>& assignmen
   return join_errors(errors, "`meridian config --list` shows every key with its type and default");
 }
 
+Result<std::vector<MixtureEntry>> parse_mixture(const std::string& text) {
+  std::vector<MixtureEntry> entries;
+  std::vector<std::string> errors;
+  auto trim = [](std::string x) {
+    const auto b = x.find_first_not_of(" \t\n"), e = x.find_last_not_of(" \t\n");
+    return b == std::string::npos ? std::string() : x.substr(b, e - b + 1);
+  };
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t comma = text.find(',', start);
+    if (comma == std::string::npos) comma = text.size();
+    const std::string item = trim(text.substr(start, comma - start));
+    start = comma + 1;
+    if (item.empty()) {
+      if (comma < text.size()) errors.push_back("data.mixture: empty entry between commas");
+      continue;
+    }
+    const auto c1 = item.find(':');
+    const auto c2 = c1 == std::string::npos ? std::string::npos : item.find(':', c1 + 1);
+    if (c2 == std::string::npos) {
+      errors.push_back(fmt::format("data.mixture: '{}' is not name:weight:path", item));
+      continue;
+    }
+    MixtureEntry e{trim(item.substr(0, c1)), 0, trim(item.substr(c2 + 1))};
+    const std::string weight = trim(item.substr(c1 + 1, c2 - c1 - 1));
+    char* end = nullptr;
+    e.weight = std::strtod(weight.c_str(), &end);
+    if (weight.empty() || end != weight.c_str() + weight.size() || !(e.weight > 0) || !std::isfinite(e.weight))
+      errors.push_back(fmt::format("data.mixture: weight '{}' of '{}' must be a positive number", weight, e.name));
+    if (e.name.empty() || e.path.empty()) errors.push_back(fmt::format("data.mixture: '{}' needs a name and a path", item));
+    for (const auto& other : entries)
+      if (other.name == e.name) errors.push_back(fmt::format("data.mixture: dataset '{}' is listed twice", e.name));
+    entries.push_back(std::move(e));
+  }
+  if (!errors.empty()) return join_errors(errors, "write data.mixture as \"name:weight:path, name:weight:path\", e.g. \"web:55:data/web, code:20:data/code\"");
+  return entries;
+}
+
 Status validate(const Config& c) {
   std::vector<std::string> e;
   const auto& m = c.model;
@@ -263,7 +302,8 @@ Status validate(const Config& c) {
   need(c.diloco.inner_steps > 0, fmt::format("diloco.inner_steps must be > 0, got {}", c.diloco.inner_steps));
   need(c.diloco.outer_lr > 0, "diloco.outer_lr must be > 0");
   need(c.diloco.outer_momentum >= 0 && c.diloco.outer_momentum < 1, "diloco.outer_momentum must be in [0, 1)");
-  need(!c.data.train_path.empty(), "data.train_path must name a shard file or directory");
+  need(!c.data.train_path.empty() || !c.data.mixture.empty(), "data.train_path (or data.mixture) must name the training shards");
+  if (auto mixture = parse_mixture(c.data.mixture); !mixture) e.push_back(mixture.status().message());
   need(!c.run.dir.empty(), "run.dir must not be empty");
   need(c.run.peak_tflops >= 0, "run.peak_tflops must be >= 0");
   return join_errors(e, "fix these keys in the config file or with --set key=value");

@@ -54,6 +54,15 @@ Status apply_overrides(Config& config, const std::vector<std::string>& assignmen
 // Cross-field checks (heads divide, schedule fits, ...); all problems at once.
 Status validate(const Config& config);
 
+// One dataset of data.mixture: "name:weight:path" entries separated by commas.
+struct MixtureEntry {
+  std::string name;
+  double weight = 0;
+  std::string path;
+};
+// Parses data.mixture; empty text gives an empty list. Errors name the entry.
+Result<std::vector<MixtureEntry>> parse_mixture(const std::string& text);
+
 // Canonical TOML of every option: printed at start, saved in the run directory and checkpoints.
 std::string to_toml(const Config& config);
 // Hashes of the canonical text: of the whole config, and of the model section alone.

@@ -53,7 +53,8 @@
 #define MERIDIAN_DATA_OPTIONS(X)                                                                   \
   X(std::string, train_path, "data/demo/train", "", "shard file or directory of *.tok shards")    \
   X(std::string, val_path, "data/demo/val", "", "validation shards (empty: no validation)")       \
-  X(std::string, tokenizer, "bytes", "", "tokenizer of the shards")
+  X(std::string, tokenizer, "bytes", "", "tokenizer of the shards: bytes | llama3 | a file")     \
+  X(std::string, mixture, "", "", "datasets drawn in proportion, \"name:weight:path, ...\" (replaces train_path)")
 
 #define MERIDIAN_RUN_OPTIONS(X)                                                                    \
   X(std::string, dir, "runs/demo", "", "run directory: resolved config, metrics, checkpoints")    \

@@ -112,14 +112,37 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Config& config, TrainerOp
 }
 
 Status Trainer::init_data() {
+  auto tokenizer = data::make_tokenizer(config_.data.tokenizer);
+  if (!tokenizer)
+    return Status::error("data.tokenizer: " + tokenizer.status().message(),
+                         config_.data.tokenizer == "llama3" ? "run scripts/setup-tokenizer.sh to put the Llama-3 vocabulary in place"
+                                                            : tokenizer.status().hint());
+  bos_id_ = tokenizer.value()->bos_id();
+  eos_id_ = tokenizer.value()->eos_id();
   if (options_.synthetic_data) return Status::ok();
   const auto& tc = config_.train;
-  for (const auto& [key, path] : {std::pair{"data.train_path", config_.data.train_path}, std::pair{"data.val_path", config_.data.val_path}}) {
+  if (!config_.data.mixture.empty()) {
+    // A mixture replaces data.train_path: its datasets are drawn in the configured proportions.
+    auto entries = parse_mixture(config_.data.mixture);
+    if (!entries) return entries.status();
+    std::vector<data::MixtureSource> sources;
+    for (const auto& e : entries.value()) sources.push_back({e.name, e.path, e.weight});
+    auto mixture = data::MixtureLoader::open(sources, tc.seq_len, static_cast<uint64_t>(tc.seed));
+    if (!mixture) return mixture.status();
+    if (mixture->vocab_size() > static_cast<uint32_t>(config_.model.vocab_size))
+      return Status::error(fmt::format("data.mixture: shards use a vocabulary of {} tokens, model.vocab_size is {}", mixture->vocab_size(),
+                                       config_.model.vocab_size),
+                           "set model.vocab_size to at least the tokenizer's vocabulary");
+    mixture_.emplace(std::move(mixture.value()));
+  }
+  for (const auto& [key, path] : {std::pair{"data.train_path", mixture_ ? std::string() : config_.data.train_path},
+                                  std::pair{"data.val_path", config_.data.val_path}}) {
     std::error_code ec;
     if (!path.empty() && !fs::exists(path, ec))
       return Status::error(fmt::format("{} '{}' does not exist", key, path),
                            "create shards with `meridian tokenize --input FILES --output DIR` (`make demo-data` for the demo corpus)");
   }
+  if (mixture_) return init_val_data();
   auto train = data::TokenLoader::open(config_.data.train_path, tc.seq_len, static_cast<uint64_t>(tc.seed));
   if (!train) return Status::error(train.status().message(), train.status().hint().empty()
                                        ? "create shards with `meridian tokenize` (or `make demo-data` for the demo corpus)"
@@ -129,12 +152,28 @@ Status Trainer::init_data() {
                                      train->vocab_size(), config_.model.vocab_size),
                          "set model.vocab_size to at least the tokenizer's vocabulary");
   train_data_.emplace(std::move(train.value()));
-  if (!config_.data.val_path.empty()) {
-    auto val = data::TokenLoader::open(config_.data.val_path, tc.seq_len, static_cast<uint64_t>(tc.seed) + 1);
-    if (!val) return val.status();
-    val_data_.emplace(std::move(val.value()));
-  }
+  return init_val_data();
+}
+
+Status Trainer::init_val_data() {
+  if (config_.data.val_path.empty()) return Status::ok();
+  auto val = data::TokenLoader::open(config_.data.val_path, config_.train.seq_len, static_cast<uint64_t>(config_.train.seed) + 1);
+  if (!val) return val.status();
+  val_data_.emplace(std::move(val.value()));
   return Status::ok();
+}
+
+void Trainer::next_train_batch(torch::Tensor& inputs, torch::Tensor& targets) {
+  if (!mixture_) {
+    next_batch(train_data_ ? &*train_data_ : nullptr, inputs, targets);
+    return;
+  }
+  const auto B = config_.train.batch_size, T = config_.train.seq_len;
+  inputs = torch::empty({B, T}, torch::kInt64);
+  targets = torch::empty({B, T}, torch::kInt64);
+  mixture_->next_batch(B, inputs.data_ptr<int64_t>(), targets.data_ptr<int64_t>());
+  inputs = inputs.to(device_);
+  targets = targets.to(device_);
 }
 
 void Trainer::next_batch(data::TokenLoader* loader, torch::Tensor& inputs, torch::Tensor& targets) {
@@ -169,7 +208,7 @@ StepMetrics Trainer::train_step() {
   double loss_sum = 0, z_sum = 0;
   for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
     torch::Tensor inputs, targets;
-    next_batch(train_data_ ? &*train_data_ : nullptr, inputs, targets);
+    next_train_batch(inputs, targets);
     torch::Tensor logits;
     {
       AutocastGuard autocast(tc.bf16, device_.is_cuda());
@@ -320,15 +359,15 @@ Result<std::string> Trainer::save_checkpoint() {
   state.emplace_back("rng.torch_cpu", rng_state());
   if (outer_)
     for (auto& item : outer_->state()) state.push_back(item);
-  data::ByteTokenizer bytes;
   io::Metadata meta{{"meridian.optimizer_step", std::to_string(optimizer_->step_count())},
                     {"meridian.tokens_seen", std::to_string(tokens_seen_)},
                     {"meridian.config_hash", config_hash(config_)},
                     {"meridian.model_hash", model_hash(config_.model)},
                     {"meridian.config", to_toml(config_)},
-                    {"meridian.bos_id", std::to_string(bytes.bos_id())},
-                    {"meridian.eos_id", std::to_string(bytes.eos_id())}};
+                    {"meridian.bos_id", std::to_string(bos_id_)},
+                    {"meridian.eos_id", std::to_string(eos_id_)}};
   if (outer_) meta["meridian.outer_rounds"] = std::to_string(outer_->rounds());
+  if (mixture_) meta["meridian.data_mixture_cursor"] = mixture_->cursor().to_json();
   if (train_data_) {
     meta["meridian.data_epoch"] = std::to_string(train_data_->cursor().epoch);
     meta["meridian.data_position"] = std::to_string(train_data_->cursor().position);
@@ -386,6 +425,15 @@ Status Trainer::load(const std::string& checkpoint_dir) {
   if (!tokens) return tokens.status();
   step_ = step.value();
   tokens_seen_ = tokens.value();
+  if (mixture_) {
+    auto it = ck.meta.find("meridian.data_mixture_cursor");
+    if (it == ck.meta.end())
+      return Status::error(checkpoint_dir + ": saved without data.mixture, but the config sets one",
+                           "resume with the data settings the run was saved with");
+    auto cursor = data::MixtureCursor::from_json(it->second);
+    if (!cursor) return cursor.status().with_context(checkpoint_dir);
+    MERIDIAN_RETURN_IF_ERROR(mixture_->set_cursor(cursor.value()).with_context(checkpoint_dir));
+  }
   if (train_data_) {
     auto epoch = meta("meridian.data_epoch");
     auto position = meta("meridian.data_position");
@@ -411,6 +459,10 @@ std::string Trainer::state_hash() const {
                                  static_cast<int64_t>(cursor.position)},
                                 torch::kInt64);
   all.emplace_back("counters", counters);
+  if (mixture_) {
+    const std::string json = mixture_->cursor().to_json();
+    all.emplace_back("mixture_cursor", torch::from_blob(const_cast<char*>(json.data()), {static_cast<int64_t>(json.size())}, torch::kUInt8).clone());
+  }
   return io::tensors_hash(all);
 }
 

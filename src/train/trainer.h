@@ -16,6 +16,7 @@
 #include "config/config.h"
 #include "core/status.h"
 #include "data/loader.h"
+#include "data/mixture.h"
 #include "metrics/jsonl.h"
 #include "model/llama.h"
 #include "train/diloco.h"
@@ -82,8 +83,10 @@ class Trainer {
  private:
   Trainer(const Config& config, TrainerOptions options);
   Status init_data();
+  Status init_val_data();
   Status load(const std::string& checkpoint_dir);
   void next_batch(data::TokenLoader* loader, torch::Tensor& inputs, torch::Tensor& targets);
+  void next_train_batch(torch::Tensor& inputs, torch::Tensor& targets);  // mixture, shards or synthetic
   void log_step(const StepMetrics& m, double eta_seconds);
 
   Config config_;
@@ -94,11 +97,13 @@ class Trainer {
   std::unique_ptr<OuterOptimizer> outer_;  // set when diloco.enabled
   LocalReducer local_reducer_;
   std::vector<torch::Tensor> params_;
-  std::optional<data::TokenLoader> train_data_;
+  std::optional<data::TokenLoader> train_data_;   // data.train_path
+  std::optional<data::MixtureLoader> mixture_;    // data.mixture (instead of train_data_)
   std::optional<data::TokenLoader> val_data_;
   metrics::JsonlSink metrics_;
   int64_t step_ = 0;
   int64_t tokens_seen_ = 0;
+  int64_t bos_id_ = 0, eos_id_ = 0;  // of data.tokenizer, written into checkpoints' config.json
   double flops_per_token_ = 0;
   double peak_flops_ = 0;
   uint64_t synthetic_counter_ = 0;

@@ -38,6 +38,24 @@ TEST(Config, Intellect1Shape) {
   EXPECT_EQ(c->model.max_seq_len, 8192);
   EXPECT_DOUBLE_EQ(c->model.rope_theta, 500000.0);
   EXPECT_DOUBLE_EQ(c->train.z_loss_weight, 2e-4);
+  auto mix = parse_mixture(c->data.mixture);
+  ASSERT_TRUE(mix.is_ok()) << mix.status().to_string();
+  ASSERT_EQ(mix->size(), 5u);
+  const std::vector<std::pair<std::string, double>> expected = {
+      {"fineweb-edu", 55}, {"fineweb", 10}, {"stack", 20}, {"dclm", 10}, {"open-web-math", 5}};
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ((*mix)[i].name, expected[i].first);
+    EXPECT_DOUBLE_EQ((*mix)[i].weight, expected[i].second);
+  }
+}
+
+TEST(ConfigErrors, MalformedMixture) {
+  auto c = load_config("tiny", {"data.mixture=a:1:x, a:2:y, b:-1:z, c:3"});
+  ASSERT_FALSE(c.is_ok());
+  const auto& m = c.status().message();
+  EXPECT_NE(m.find("'a' is listed twice"), std::string::npos) << m;
+  EXPECT_NE(m.find("weight '-1' of 'b'"), std::string::npos) << m;
+  EXPECT_NE(m.find("'c:3' is not name:weight:path"), std::string::npos) << m;
 }
 
 TEST(Config, PrintedConfigReadsBackIdentically) {
