@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 
@@ -194,9 +195,22 @@ int cmd_config(const ConfigArgs& args, bool list) {
   return 0;
 }
 
+
+// OpenMP workers that spin while waiting starve every other thread and process on the machine
+// (the comms threads, data loading, other ranks, a parallel test run): on a busy 2-core machine
+// a training step became 20x slower. libgomp reads its wait policy only when it loads, so when
+// the user has not chosen one, the binary restarts itself once with OMP_WAIT_POLICY=PASSIVE.
+// Set OMP_WAIT_POLICY=ACTIVE to keep spinning workers on a dedicated machine.
+void ensure_passive_openmp_wait(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  ::execv("/proc/self/exe", argv);  // returns only on failure: then go on as we are
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  ensure_passive_openmp_wait(argv);
   CLI::App app{"Meridian: train Llama models across far-apart machines (DiLoCo, int8 all-reduce, elastic membership)"};
   app.require_subcommand(1);
 
