@@ -111,7 +111,7 @@ int cmd_train(const ConfigArgs& args, const std::string& resume) {
   const auto& s = summary.value();
   std::printf("\n# done: steps %lld-%lld in %.1f s, %.0f tokens/s\n", static_cast<long long>(s.first_step), static_cast<long long>(s.last_step),
               s.seconds, s.tokens_per_s);
-  std::printf("# train loss %.4f -> %.4f nats/token", s.first_loss, s.final_loss);
+  std::printf("# train loss %.4f (first step) -> %.4f (mean of the last 20 steps) nats/token", s.first_loss, s.final_loss);
   if (s.val_loss) std::printf(", validation loss %.4f (ppl %.2f)", *s.val_loss, std::exp(*s.val_loss));
   std::printf("\n");
   if (s.unigram_entropy > 0) {

@@ -6,6 +6,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <chrono>
+#include <deque>
+#include <numeric>
 #include <cmath>
 #include <filesystem>
 #include <thread>
@@ -26,6 +28,7 @@ namespace meridian::train {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+constexpr size_t kSummaryWindow = 20;  // steps averaged into the summary's final training loss
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 std::string format_duration(double s) {
@@ -286,23 +289,21 @@ Result<TrainSummary> Trainer::run() {
   summary.unigram_entropy = train_data_ ? train_data_->unigram_entropy_nats() : 0.0;
   const auto t0 = Clock::now();
   const int64_t tokens_at_start = tokens_seen_;
-  double window_loss = 0, avg_step_s = 0;
-  int64_t window_steps = 0;
+  double avg_step_s = 0;
+  std::deque<double> recent_losses;  // the last kSummaryWindow steps, for the summary
 
   while (step_ < last) {
     StepMetrics m = train_step();
     if (m.step == summary.first_step) summary.first_loss = m.loss;
     avg_step_s = avg_step_s == 0 ? m.step_seconds : 0.9 * avg_step_s + 0.1 * m.step_seconds;
-    window_loss += m.loss;
-    ++window_steps;
+    recent_losses.push_back(m.loss);
+    if (recent_losses.size() > kSummaryWindow) recent_losses.pop_front();
+    summary.final_loss = std::accumulate(recent_losses.begin(), recent_losses.end(), 0.0) / static_cast<double>(recent_losses.size());
     if (!std::isfinite(m.loss))
       return Status::error(fmt::format("loss is {} at step {}", m.loss, m.step), "lower train.lr or raise train.warmup_steps");
     if (outer_ && m.step % config_.diloco.inner_steps == 0) MERIDIAN_RETURN_IF_ERROR(outer_step());
     if (m.step % tc.log_every == 0 || m.step == last) {
       log_step(m, avg_step_s * static_cast<double>(last - m.step));
-      summary.final_loss = window_loss / static_cast<double>(window_steps);
-      window_loss = 0;
-      window_steps = 0;
     }
     const bool eval_now = (tc.eval_every > 0 && m.step % tc.eval_every == 0) || m.step == last;
     if (eval_now) {

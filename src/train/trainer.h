@@ -39,7 +39,7 @@ struct TrainSummary {
   int64_t first_step = 0;
   int64_t last_step = 0;
   double first_loss = 0;
-  double final_loss = 0;   // mean training loss over the last log window
+  double final_loss = 0;   // mean training loss over the last 20 steps
   std::optional<double> val_loss;
   double unigram_entropy = 0;
   double seconds = 0;
