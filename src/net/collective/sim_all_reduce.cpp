@@ -25,58 +25,11 @@ SimAllReduceResult run_all_reduce_sim(SimNetwork& network, const std::vector<Pee
     }
     ops[r] = std::make_unique<AllReduce>(network.endpoint(members[r]), members, buffers[r], options);
   }
-  for (size_t r = 0; r < world; ++r) {
-    if (ops[r]) ops[r]->start();
-  }
-
-  std::vector<bool> fired(faults.size(), false);
-  auto apply_faults = [&]() {
-    for (size_t f = 0; f < faults.size(); ++f) {
-      const SimFault& fault = faults[f];
-      if (fired[f] || network.now_us() < fault.at_us || network.messages_delivered() < fault.after_messages_delivered) {
-        continue;
-      }
-      fired[f] = true;
-      for (size_t r = 0; r < world; ++r) {
-        if (members[r] == fault.peer) stopped[r] = true;
-      }
-      if (fault.kind == SimFault::Kind::kCrash) network.crash(fault.peer, fault.detect_after_us);
-    }
-  };
-
-  // Bound on the loop: every iteration either delivers/consumes an event or advances time to
-  // the next event or deadline, and deadlines are finite.
-  for (;;) {
-    apply_faults();
-    bool progress = false;
-    for (size_t r = 0; r < world; ++r) {
-      if (stopped[r] || ops[r]->done()) continue;
-      SimTransport& endpoint = network.endpoint(members[r]);
-      while (!ops[r]->done() && !stopped[r]) {
-        Message m;
-        const NetStatus st = endpoint.recv(&m, network.now_us());
-        if (st.code() == NetCode::kTimeout) break;
-        progress = true;
-        if (ops[r]->on_recv(st, m) == AllReduce::Disposition::kForeign) ++result.foreign_frames;
-        apply_faults();  // message-count faults fire between deliveries
-      }
-      if (!stopped[r]) ops[r]->check_deadline();
-    }
-    bool all_done = true;
-    std::optional<int64_t> next = network.next_event_us();
-    for (size_t r = 0; r < world; ++r) {
-      if (stopped[r] || ops[r]->done()) continue;
-      all_done = false;
-      next = next ? std::min(*next, ops[r]->deadline_us()) : ops[r]->deadline_us();
-    }
-    if (all_done) break;
-    if (progress) continue;
-    for (size_t f = 0; f < faults.size(); ++f) {
-      if (!fired[f] && faults[f].at_us > network.now_us()) next = next ? std::min(*next, faults[f].at_us) : faults[f].at_us;
-    }
-    MERIDIAN_ASSERT(next.has_value() && *next > network.now_us(), "simulation stuck at {} us", network.now_us());
-    network.advance_to(*next);
-  }
+  drive_sim_ops(
+      network, members, ops, stopped, faults, [&](size_t r) -> SimTransport& { return network.endpoint(members[r]); },
+      [&](size_t, AllReduce::Disposition d) {
+        if (d == AllReduce::Disposition::kForeign) ++result.foreign_frames;
+      });
 
   for (size_t r = 0; r < world; ++r) {
     if (!ops[r]) continue;

@@ -13,19 +13,10 @@
 #include <vector>
 
 #include "net/collective/all_reduce.h"
+#include "net/transport/sim_driver.h"
 #include "net/transport/sim_transport.h"
 
 namespace meridian::net {
-
-struct SimFault {
-  enum class Kind { kCrash, kFreeze };
-  Kind kind = Kind::kCrash;
-  PeerId peer = 0;
-  // The fault fires at the first moment both conditions hold.
-  int64_t at_us = 0;
-  uint64_t after_messages_delivered = 0;
-  int64_t detect_after_us = 0;  // crash: delay before the others get kPeerLost
-};
 
 struct SimAllReduceResult {
   std::vector<NetStatus> status;      // per member (rank order); crashed/frozen members: kClosed
