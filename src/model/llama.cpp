@@ -73,9 +73,14 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RopeTables& rope) {
   const int64_t B = x.size(0), T = x.size(1);
-  auto q = q_proj(x).view({B, T, n_heads_, head_dim_}).transpose(1, 2);     // [B, H, T, D]
-  auto k = k_proj(x).view({B, T, n_kv_heads_, head_dim_}).transpose(1, 2);  // [B, Hkv, T, D]
-  auto v = v_proj(x).view({B, T, n_kv_heads_, head_dim_}).transpose(1, 2);  // [B, Hkv, T, D]
+  // One GEMM for q, k and v (x is read once); the parameters stay separate, under their Hugging
+  // Face names, and autograd splits the gradient of the concatenation back onto them.
+  auto w_qkv = torch::cat({q_proj->weight, k_proj->weight, v_proj->weight}, 0);  // [(H + 2 Hkv) D, C]
+  auto qkv = torch::nn::functional::linear(x, w_qkv);                            // [B, T, (H + 2 Hkv) D]
+  auto parts = qkv.split_with_sizes({n_heads_ * head_dim_, n_kv_heads_ * head_dim_, n_kv_heads_ * head_dim_}, -1);
+  auto q = parts[0].reshape({B, T, n_heads_, head_dim_}).transpose(1, 2);     // [B, H, T, D]
+  auto k = parts[1].reshape({B, T, n_kv_heads_, head_dim_}).transpose(1, 2);  // [B, Hkv, T, D]
+  auto v = parts[2].reshape({B, T, n_kv_heads_, head_dim_}).transpose(1, 2);  // [B, Hkv, T, D]
   q = apply_rope(q, rope);
   k = apply_rope(k, rope);
   if (n_kv_heads_ != n_heads_) {
@@ -96,7 +101,11 @@ MlpImpl::MlpImpl(int64_t dim, int64_t ffn_dim) {
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
-  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+  // gate and up in one GEMM, as for q/k/v above.
+  const int64_t F = gate_proj->weight.size(0);
+  auto gate_up = torch::nn::functional::linear(x, torch::cat({gate_proj->weight, up_proj->weight}, 0));  // [..., 2F]
+  auto halves = gate_up.split(F, -1);
+  return down_proj(torch::silu(halves[0]) * halves[1]);
 }
 
 BlockImpl::BlockImpl(const ModelConfig& c) {
