@@ -142,6 +142,14 @@ void CoordinatorState::on_message(ConnId conn, const wire::ControlMessage& messa
   }
   if (const auto* b = std::get_if<wire::C2M_OpBegin>(&message)) return on_op_begin(id, *b, out);
   if (const auto* r = std::get_if<wire::C2M_OpResult>(&message)) return on_op_result(id, *r, out);
+  if (const auto* s = std::get_if<wire::C2M_SyncReport>(&message)) {
+    // decode_message checks the same; a report that breaks it would trip elect()'s asserts.
+    if (std::string why; !wire::sync_report_fits(s->report, &why)) {
+      out.push_back(Action::close(conn, "malformed C2M_SyncReport: " + why));
+      return;
+    }
+    return on_sync_report(id, *s, out);
+  }
   out.push_back(Action::close(conn, std::string("unexpected ") + wire::message_name(message) + " from a peer"));
 }
 
@@ -375,6 +383,58 @@ void CoordinatorState::on_op_result(PeerId peer, const wire::C2M_OpResult& m, Ou
   if (all_ok) finish_op(key, op, true, "", out);
 }
 
+void CoordinatorState::on_sync_report(PeerId peer, const wire::C2M_SyncReport& m, Out& out) {
+  on_op_begin(peer, wire::C2M_OpBegin{m.epoch, m.op_id}, out);  // a report implies a begin
+  const OpKey key{m.epoch, m.op_id};
+  auto it = ops_.find(key);
+  if (it == ops_.end() || it->second.final_sent) return;  // answered by on_op_begin
+  OpRecord& op = it->second;
+  op.is_sync = true;
+  if (op.elected_sent) {  // a report sent again after a reconnect: the same answer
+    const auto c = peers_.find(peer);
+    if (c != peers_.end() && c->second.conn != kNoConn) {
+      out.push_back(Action::send(c->second.conn, wire::M2C_SyncElected{op.epoch, m.op_id, op.elected}));
+    }
+    return;
+  }
+  net::PeerReport report = m.report;
+  report.peer = peer;
+  op.reports[peer] = std::move(report);
+  try_elect(key, op, out);
+}
+
+// Elects once every member of the op's epoch (the current view: ops of older epochs are
+// aborted when the view changes) reported.
+void CoordinatorState::try_elect(const OpKey& key, OpRecord& op, Out& out) {
+  if (op.elected_sent || op.final_sent || op.epoch != view_.epoch) return;
+  std::vector<net::PeerReport> reports;
+  for (const wire::ViewMember& v : view_.members) {
+    auto r = op.reports.find(v.peer_id);
+    if (r == op.reports.end()) return;
+    reports.push_back(r->second);
+  }
+  const bool anyone_votes = std::any_of(reports.begin(), reports.end(), [](const net::PeerReport& r) { return r.votes; });
+  if (!anyone_votes) {  // nobody has synced since admission: every non-empty state votes
+    for (net::PeerReport& r : reports) r.votes = !r.buffers.empty();
+  }
+  op.elected = net::elect(reports);
+  op.elected_sent = true;
+  op.reports.clear();
+  wire::M2C_SyncElected message{op.epoch, key.second, op.elected};
+  const size_t bytes = wire::encode_message(message).size();
+  if (bytes > wire::kMaxControlMessageBytes) {
+    finish_op(key, op, false, "the elected hashes take " + std::to_string(bytes) + " bytes > " +
+                                  std::to_string(wire::kMaxControlMessageBytes) + " (too many buffers or holder sets)", out);
+    return;
+  }
+  uint64_t missing = 0;
+  for (const wire::ViewMember& v : view_.members) missing += op.elected.bytes_missing_on(v.peer_id);
+  out.push_back(Action::log("sync op " + std::to_string(key.second) + " of epoch " + std::to_string(op.epoch) + ": elected " +
+                            std::to_string(op.elected.buffers.size()) + " buffers, revision " +
+                            std::to_string(op.elected.revision) + ", " + std::to_string(missing) + " bytes to transfer"));
+  send_to_members(message, out);
+}
+
 // A re-registering peer tells the final status it received (from a previous incarnation): the
 // members still waiting for that operation must get the same one.
 void CoordinatorState::learn_final(uint64_t epoch, uint64_t op_id, bool ok, PeerId from, Out& out) {
@@ -401,6 +461,8 @@ void CoordinatorState::finish_op(const OpKey& key, OpRecord& op, bool ok, const 
   op.final_sent = true;
   op.final_ok = ok;
   op.final_detail = detail;
+  op.reports.clear();
+  if (op.is_sync) op.elected = {};
   if (!ok) out.push_back(Action::log("op " + std::to_string(op_id) + " of epoch " + std::to_string(op.epoch) + " aborted: " + detail));
   send_to_members(wire::M2C_OpFinal{op.epoch, op_id, ok, detail}, out);
 }

@@ -22,6 +22,17 @@
 //     ok when all of them reported ok, aborted at the first failure report, or when the view
 //     changes before it is complete (a member died, left or froze). A report for an operation
 //     already final is answered with the same final status again, never a different one.
+//   * Shared-state sync, an operation too: every member sends C2M_SyncReport (its per-buffer
+//     digests; it implies C2M_OpBegin). Once every member of the epoch reported, the
+//     coordinator runs net::elect() (shared_state.h) on the reports, keyed by peer id, and sends
+//     every member M2C_SyncElected; the members transfer among themselves and report
+//     C2M_OpResult, and the operation ends with one M2C_OpFinal like any other. A report sent
+//     again (after a reconnect) is answered with the same elected hashes. Votes come from the
+//     reports only (so that a restarted coordinator elects the same from the same reports): a
+//     peer votes once a sync it took part in ended ok since it was admitted (the Communicator
+//     keeps that flag), so a late joiner cannot vote away the state; if no report votes (the
+//     start of a run, or every old member is gone), every non-empty state votes. The reports
+//     are dropped once the operation is final.
 //   * Soft state: after a restart the coordinator knows nothing. A peer re-registers with its
 //     previous id and the view it holds; the first such peer re-creates that view (same epoch,
 //     all its members, the absent ones as not yet reconnected), the others re-attach to it.
@@ -143,6 +154,11 @@ class CoordinatorState {
     bool final_sent = false;
     bool final_ok = false;
     std::string final_detail;
+    // Shared-state sync only (is_sync): the reports so far, then the election's outcome.
+    bool is_sync = false;
+    std::map<PeerId, net::PeerReport> reports;
+    bool elected_sent = false;
+    net::ElectedHashes elected;
   };
   using Out = std::vector<Action>;
 
@@ -150,11 +166,13 @@ class CoordinatorState {
   void on_join(ConnId conn, const wire::C2M_Join& join, int64_t now_us, Out& out);
   void on_op_begin(PeerId peer, const wire::C2M_OpBegin& m, Out& out);
   void on_op_result(PeerId peer, const wire::C2M_OpResult& m, Out& out);
+  void on_sync_report(PeerId peer, const wire::C2M_SyncReport& m, Out& out);
   void remove_peer(PeerId peer, const std::string& why, Out& out);
   void publish_view(std::vector<wire::ViewMember> members, const std::string& why, Out& out);
   void try_complete_barrier(Out& out);
   using OpKey = std::pair<uint64_t, uint64_t>;  // (epoch, op_id)
   void finish_op(const OpKey& key, OpRecord& op, bool ok, const std::string& detail, Out& out);
+  void try_elect(const OpKey& key, OpRecord& op, Out& out);
   uint64_t next_epoch();
   void learn_final(uint64_t epoch, uint64_t op_id, bool ok, PeerId from, Out& out);
   void abort_ops_before(uint64_t epoch, const std::string& why, Out& out);

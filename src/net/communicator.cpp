@@ -199,6 +199,7 @@ void Communicator::on_control_message(const ms::ControlMessage& m) {
     // Re-send what the coordinator may have lost (it restarted, or the connection broke).
     if (pending_update_) send_control(*pending_update_);
     if (pending_begin_) send_control(*pending_begin_);
+    if (pending_report_) send_control(*pending_report_);
     if (pending_result_) send_control(*pending_result_);
   } else if (const auto* v = std::get_if<ms::M2C_View>(&m)) {
     if (v->view.epoch >= held_view_.epoch) held_view_ = v->view;
@@ -210,6 +211,13 @@ void Communicator::on_control_message(const ms::ControlMessage& m) {
     if (running_op_ != 0 && v->view.epoch > running_epoch_ && mesh_) {
       mesh_->interrupt("view changed to epoch " + std::to_string(v->view.epoch) + " (" +
                        std::to_string(v->view.members.size()) + " members)");
+    }
+  } else if (const auto* e = std::get_if<ms::M2C_SyncElected>(&m)) {
+    // Kept only for the sync that waits for it (a repeated answer after a reconnect is dropped
+    // once the transfer started: pending_report_ is then still set, but elected_ was taken).
+    if (pending_report_ && pending_report_->epoch == e->epoch && pending_report_->op_id == e->op_id &&
+        running_op_ == e->op_id && !elected_taken_) {
+      elected_ = *e;
     }
   } else if (const auto* f = std::get_if<ms::M2C_OpFinal>(&m)) {
     finals_[{f->epoch, f->op_id}] = *f;
@@ -255,6 +263,9 @@ Status Communicator::update_topology(size_t min_members) {
                                [&](const ms::ViewMember& m) { return m.peer_id == self; });
   if (me == next.members.end()) return Status::error("update_topology: this peer is not in view epoch " + std::to_string(next.epoch));
   const size_t rank = static_cast<size_t>(me - next.members.begin());
+  const bool was_member = std::any_of(view_.members.begin(), view_.members.end(),
+                                      [&](const ms::ViewMember& m) { return m.peer_id == self; });
+  if (!was_member) votes_ = false;  // admitted now: our state counts once a sync gave us the elected one
   if (next.epoch != view_.epoch || !runner_) {
     std::unique_ptr<ms::MeshTransport> old;
     {
@@ -262,6 +273,7 @@ Status Communicator::update_topology(size_t min_members) {
       old = std::move(mesh_);
     }
     runner_.reset();
+    sync_runner_.reset();
     old.reset();  // closes the previous view's connections
     ms::MeshTransportOptions mesh_options;
     mesh_options.token = options_.token;
@@ -275,6 +287,7 @@ Status Communicator::update_topology(size_t min_members) {
     rank_ = rank;
     if (!st.is_ok()) return st.with_context("update_topology (view epoch " + std::to_string(next.epoch) + ")");
     runner_ = std::make_unique<AllReduceRunner>(*mesh);
+    sync_runner_ = std::make_unique<StateSyncRunner>(*mesh);
     std::lock_guard<std::mutex> lock(mutex_);
     mesh_ = std::move(mesh);
   }
@@ -282,6 +295,55 @@ Status Communicator::update_topology(size_t min_members) {
   rank_ = rank;
   op_seq_ = 0;
   return Status::ok();
+}
+
+NetStatus Communicator::begin_op(uint64_t epoch, uint64_t op_id, ms::MeshTransport** mesh) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!fatal_.is_ok()) return NetStatus::error(NetCode::kClosed, kNoPeer, fatal_.message());
+  if (newest_epoch_ > epoch) {
+    return NetStatus::error(NetCode::kPeerLost, kNoPeer,
+                            "the view changed to epoch " + std::to_string(newest_epoch_) + ": call update_topology");
+  }
+  *mesh = mesh_.get();
+  (*mesh)->clear_interrupts();
+  running_op_ = op_id;
+  running_epoch_ = epoch;
+  pending_begin_ = ms::C2M_OpBegin{epoch, op_id};
+  pending_result_.reset();
+  pending_report_.reset();
+  elected_.reset();
+  elected_taken_ = false;
+  return NetStatus::ok();
+}
+
+NetStatus Communicator::finish_op(uint64_t epoch, uint64_t op_id, const NetStatus& local, int64_t deadline_us) {
+  NetStatus st = local;
+  ms::C2M_OpResult report{epoch, op_id, st.is_ok(), st.is_ok() ? "" : st.to_string()};
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    pending_result_ = report;
+  }
+  send_control(report);
+  if (st.is_ok()) {
+    // Commit only on the final status: every member holds the result, or nobody commits.
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait_until(lock, to_time_point(deadline_us), [&] { return finals_.count({epoch, op_id}) != 0 || !fatal_.is_ok(); });
+    auto f = finals_.find({epoch, op_id});
+    if (f == finals_.end()) {
+      st = NetStatus::error(NetCode::kTimeout, kNoPeer,
+                            fatal_.is_ok() ? "no final status from the coordinator for op " + std::to_string(op_id)
+                                           : fatal_.message());
+    } else if (!f->second.ok) {
+      st = NetStatus::error(NetCode::kPeerLost, kNoPeer, "operation aborted: " + f->second.detail);
+    }
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  running_op_ = 0;
+  pending_begin_.reset();
+  pending_result_.reset();
+  pending_report_.reset();
+  elected_.reset();
+  return st;
 }
 
 NetStatus Communicator::all_reduce(float* buffer, size_t count, Codec codec, ReduceOp op, OpStats* stats) {
@@ -293,20 +355,7 @@ NetStatus Communicator::all_reduce(float* buffer, size_t count, Codec codec, Red
   // member (the round comes from the barrier, the sequence number counts calls since it).
   const uint64_t op_id = (view_.round << 32) | ++op_seq_;
   ms::MeshTransport* mesh = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (!fatal_.is_ok()) return NetStatus::error(NetCode::kClosed, kNoPeer, fatal_.message());
-    if (newest_epoch_ > epoch) {
-      return NetStatus::error(NetCode::kPeerLost, kNoPeer,
-                              "the view changed to epoch " + std::to_string(newest_epoch_) + ": call update_topology");
-    }
-    mesh = mesh_.get();
-    mesh->clear_interrupts();
-    running_op_ = op_id;
-    running_epoch_ = epoch;
-    pending_begin_ = ms::C2M_OpBegin{epoch, op_id};
-    pending_result_.reset();
-  }
+  if (NetStatus st = begin_op(epoch, op_id, &mesh); !st.is_ok()) return st;
   send_control(ms::C2M_OpBegin{epoch, op_id});
 
   scratch_.assign(buffer, buffer + count);
@@ -319,40 +368,111 @@ NetStatus Communicator::all_reduce(float* buffer, size_t count, Codec codec, Red
   ar.timeout_ms = options_.op_timeout_ms;
   ar.op_id = op_id;
   AllReduceStats ar_stats;
-  NetStatus st = runner_->run(ranks, std::span<float>(scratch_), ar, &ar_stats);
-
-  ms::C2M_OpResult report{epoch, op_id, st.is_ok(), st.is_ok() ? "" : st.to_string()};
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    pending_result_ = report;
-  }
-  send_control(report);
-  if (st.is_ok()) {
-    // Commit only on the final status: every member holds the result, or nobody commits.
-    std::unique_lock<std::mutex> lock(mutex_);
-    cv_.wait_until(lock, to_time_point(deadline), [&] { return finals_.count({epoch, op_id}) != 0 || !fatal_.is_ok(); });
-    auto f = finals_.find({epoch, op_id});
-    if (f == finals_.end()) {
-      st = NetStatus::error(NetCode::kTimeout, kNoPeer,
-                            fatal_.is_ok() ? "no final status from the coordinator for op " + std::to_string(op_id)
-                                           : fatal_.message());
-    } else if (!f->second.ok) {
-      st = NetStatus::error(NetCode::kPeerLost, kNoPeer, "operation aborted: " + f->second.detail);
-    } else if (count > 0) {
-      std::memcpy(buffer, scratch_.data(), count * sizeof(float));
-    }
-  }
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    running_op_ = 0;
-    pending_begin_.reset();
-    pending_result_.reset();
-  }
+  const NetStatus local = runner_->run(ranks, std::span<float>(scratch_), ar, &ar_stats);
+  const NetStatus st = finish_op(epoch, op_id, local, deadline);
+  if (st.is_ok() && count > 0) std::memcpy(buffer, scratch_.data(), count * sizeof(float));
   if (stats != nullptr) {
     stats->op_id = op_id;
     stats->epoch = epoch;
     stats->bytes_sent = ar_stats.bytes_sent_total;
     stats->bytes_recv = ar_stats.bytes_recv_total;
+    stats->seconds = (ms::steady_now_us() - start_us) / 1e6;
+  }
+  return st;
+}
+
+NetStatus Communicator::sync_shared_state(SharedState& state, SyncOpStats* stats) {
+  const int64_t start_us = ms::steady_now_us();
+  const int64_t deadline = start_us + options_.op_timeout_ms * 1000;
+  if (!sync_runner_) {
+    return NetStatus::error(NetCode::kClosed, kNoPeer, "sync_shared_state without a view: call update_topology first");
+  }
+  const uint64_t epoch = view_.epoch;
+  const uint64_t op_id = (view_.round << 32) | ++op_seq_;  // as all_reduce's: one numbering
+  if (stats != nullptr) *stats = SyncOpStats{op_id, epoch};
+  // 1. Report. A report that breaks the wire's bounds is a caller error, found before anybody waits.
+  ms::C2M_SyncReport report{epoch, op_id, state.report(peer_id())};
+  report.report.votes = report.report.votes && votes_;
+  std::string why;
+  if (!ms::sync_report_fits(report.report, &why)) {
+    return NetStatus::error(NetCode::kMessageTooLarge, kNoPeer, "sync_shared_state: the state cannot be reported: " + why);
+  }
+  ms::MeshTransport* mesh = nullptr;
+  if (NetStatus st = begin_op(epoch, op_id, &mesh); !st.is_ok()) return st;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    pending_report_ = report;
+  }
+  send_control(report);
+
+  // 2. Wait for the election (or an abort: a member failed, the view changed).
+  std::optional<ms::M2C_SyncElected> elected;
+  NetStatus local;
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait_until(lock, to_time_point(deadline), [&] {
+      return elected_.has_value() || finals_.count({epoch, op_id}) != 0 || newest_epoch_ > epoch || !fatal_.is_ok();
+    });
+    if (elected_) {
+      elected = std::move(elected_);
+      elected_.reset();
+      elected_taken_ = true;
+    } else if (!fatal_.is_ok()) {
+      local = NetStatus::error(NetCode::kClosed, kNoPeer, fatal_.message());
+    } else if (auto f = finals_.find({epoch, op_id}); f != finals_.end()) {
+      local = NetStatus::error(NetCode::kPeerLost, kNoPeer, "sync aborted before the election: " + f->second.detail);
+    } else if (newest_epoch_ > epoch) {
+      local = NetStatus::error(NetCode::kPeerLost, kNoPeer, "the view changed to epoch " + std::to_string(newest_epoch_) +
+                                                                " before the election: call update_topology");
+    } else {
+      local = NetStatus::error(NetCode::kTimeout, kNoPeer, "no elected hashes from the coordinator for sync " +
+                                                               std::to_string(op_id) + " within " +
+                                                               std::to_string(options_.op_timeout_ms) + " ms");
+    }
+  }
+
+  // 3. Transfer, over the mesh, with holders mapped from peer ids to ranks in the view.
+  SyncStats sync_stats;
+  if (elected) {
+    std::map<PeerId, PeerId> rank_of;
+    for (size_t r = 0; r < view_.members.size(); ++r) rank_of[view_.members[r].peer_id] = static_cast<PeerId>(r);
+    ElectedHashes by_rank = std::move(elected->elected);
+    for (ElectedBuffer& b : by_rank.buffers) {
+      std::vector<PeerId> holders;
+      for (PeerId p : b.holders) {
+        if (auto it = rank_of.find(p); it != rank_of.end()) holders.push_back(it->second);
+      }
+      std::sort(holders.begin(), holders.end());
+      b.holders = std::move(holders);
+    }
+    std::vector<PeerId> ranks(view_.members.size());
+    for (size_t i = 0; i < ranks.size(); ++i) ranks[i] = static_cast<PeerId>(i);
+    if (options_.before_sync_transfer_for_tests) options_.before_sync_transfer_for_tests();
+    StateSyncOptions so;
+    so.sync_id = op_id;
+    so.timeout_ms = std::max<int64_t>(1, (deadline - ms::steady_now_us()) / 1000);
+    const SyncStatus ss = sync_runner_->run(ranks, state, by_rank, so, &sync_stats);
+    if (!ss.is_ok()) {
+      const NetCode code = ss.code() == SyncCode::kTimeout ? NetCode::kTimeout
+                           : ss.code() == SyncCode::kClosed ? NetCode::kClosed
+                           : ss.code() == SyncCode::kProtocol || ss.code() == SyncCode::kHashMismatch ? NetCode::kProtocol
+                           : ss.code() == SyncCode::kMessageTooLarge ? NetCode::kMessageTooLarge
+                                                                     : NetCode::kPeerLost;
+      local = NetStatus::error(code, ss.peer(), "state sync: " + ss.to_string());
+    }
+    if (stats != nullptr) {
+      for (const ElectedBuffer& b : by_rank.buffers) stats->bytes_elected += b.bytes;
+    }
+  }
+  const NetStatus st = finish_op(epoch, op_id, local, deadline);
+  if (st.is_ok()) votes_ = true;
+  if (stats != nullptr) {
+    stats->bytes_downloaded = sync_stats.bytes_downloaded;
+    stats->bytes_served = sync_stats.bytes_served;
+    stats->bytes_sent = sync_stats.bytes_sent_total;
+    stats->bytes_recv = sync_stats.bytes_recv_total;
+    stats->buffers_downloaded = sync_stats.buffers_downloaded;
+    stats->transfer_seconds = sync_stats.seconds();
     stats->seconds = (ms::steady_now_us() - start_us) / 1e6;
   }
   return st;
@@ -371,6 +491,7 @@ Status Communicator::leave() {
     coord_fd_ = -1;
   }
   runner_.reset();
+  sync_runner_.reset();
   std::unique_ptr<ms::MeshTransport> old;
   {
     std::lock_guard<std::mutex> lock(mutex_);

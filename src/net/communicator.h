@@ -5,6 +5,7 @@
 //   comm->update_topology();                            // barrier: adopt the next view, build the mesh
 //   NetStatus st = comm->all_reduce(buf, n, Codec::kInt8, ReduceOp::kMean, &stats);
 //   if (!st.is_ok()) { comm->update_topology(); retry; }  // buffer is as before the call
+//   SyncOpStats ss; comm->sync_shared_state(state, &ss);  // everybody ends with the elected state
 //   comm->leave();
 //
 // How an operation ends (the coordinator's "one final status per operation"): every member
@@ -15,6 +16,24 @@
 // same result: if one member fails after another has its result, nobody commits, so the
 // members never diverge. Cost: one extra copy of the buffer and one round trip to the
 // coordinator per operation.
+//
+// Shared-state sync (sync_shared_state): an operation like an all-reduce, in three steps.
+//   1. Report: every member sends the per-buffer XXH3-128 digests of its state
+//      (C2M_SyncReport, SharedState::report) and waits for the election.
+//   2. Elect: once every member of the epoch reported, the coordinator runs net::elect()
+//      (shared_state.h) and sends every member the elected hashes (M2C_SyncElected); holders
+//      are coordinator peer ids, which each member maps to ranks in its view.
+//   3. Transfer: every member runs StateSyncRunner::run (state_sync/state_sync.h) over the
+//      view's mesh with sync_id = op_id: members that lack a buffer pull it, striped over its
+//      holders and the mesh's streams, verify its hash and commit; then every member reports
+//      C2M_OpResult and waits for the operation's one final status.
+// A fresh joiner does not vote: a peer's report votes only once a sync ended ok since it was
+// admitted into the view (votes_; kept here, so a restarted coordinator elects the same). The
+// caller's state is written only by StateSync's commit, after every downloaded buffer's hash
+// matched: on any error the state is either as before the call or exactly the elected state
+// (a member whose own transfer completed before another member failed), never a mix; the
+// next sync, after update_topology, finds the rest. Cost: one round trip to the coordinator
+// for the report, one for the final status, plus state_sync.h's transfer.
 //
 // Failure: a member that dies closes its mesh connections (the others fail at once with
 // kPeerLost); a member that freezes stops heartbeating, the coordinator removes it after
@@ -34,6 +53,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -47,6 +67,7 @@
 #include "net/collective/all_reduce.h"
 #include "net/membership/mesh_transport.h"
 #include "net/membership/wire.h"
+#include "net/state_sync/state_sync.h"
 
 namespace meridian::net {
 
@@ -61,6 +82,9 @@ struct CommunicatorOptions {
   int64_t op_timeout_ms = 60000;            // one all_reduce, final status included
   int64_t reconnect_timeout_ms = 60000;     // the coordinator may be away this long
   uint16_t protocol_version = membership::kProtocolVersion;  // tests only: speak another version
+  // Tests only: called on the caller's thread when a sync has its elected hashes, before the
+  // transfer starts (a test stops a source there to kill it mid-transfer).
+  std::function<void()> before_sync_transfer_for_tests;
 };
 
 // Statistics of one all_reduce.
@@ -71,6 +95,22 @@ struct OpStats {
   uint64_t bytes_recv = 0;
   double seconds = 0.0;      // the whole call, final status included
   double gbit_per_s() const { return seconds > 0 ? bytes_sent * 8.0 / seconds / 1e9 : 0.0; }
+};
+
+// Statistics of one sync_shared_state.
+struct SyncOpStats {
+  uint64_t op_id = 0;
+  uint64_t epoch = 0;
+  uint64_t bytes_downloaded = 0;    // verified-or-not payload pulled into staging
+  uint64_t bytes_served = 0;        // payload sent to downloaders
+  uint64_t bytes_sent = 0;          // mesh frames, headers included
+  uint64_t bytes_recv = 0;
+  uint64_t buffers_downloaded = 0;  // verified and committed
+  uint64_t bytes_elected = 0;       // size of the elected state
+  double transfer_seconds = 0.0;    // the transfer (StateSync) alone
+  double seconds = 0.0;             // the whole call: report, election, transfer, final status
+  // Download throughput of the transfer, payload only (0 when nothing was downloaded).
+  double gbit_per_s() const { return transfer_seconds > 0 ? bytes_downloaded * 8.0 / transfer_seconds / 1e9 : 0.0; }
 };
 
 class Communicator {
@@ -88,6 +128,11 @@ class Communicator {
   // Sum or mean of `count` floats across the view's members. On error the buffer is unchanged.
   NetStatus all_reduce(float* buffer, size_t count, Codec codec, ReduceOp op, OpStats* stats = nullptr);
 
+  // Collective over the view's members: afterwards every member holds the elected version of
+  // the shared state (see the file comment). On error the state is unchanged or exactly the
+  // elected one; call update_topology and sync again.
+  NetStatus sync_shared_state(SharedState& state, SyncOpStats* stats = nullptr);
+
   Status leave();
 
   PeerId peer_id() const;
@@ -102,6 +147,10 @@ class Communicator {
   void on_control_message(const membership::ControlMessage& m);  // control thread, mutex_ held
   void send_control(const membership::ControlMessage& m);        // any thread
   void wake_control();
+  // Starts an operation (epoch, op_id) on the mesh; fails if the view is stale or we are lost.
+  NetStatus begin_op(uint64_t epoch, uint64_t op_id, membership::MeshTransport** mesh);
+  // Reports the local outcome and waits for the final status (ok: the final was ok).
+  NetStatus finish_op(uint64_t epoch, uint64_t op_id, const NetStatus& local, int64_t deadline_us);
 
   CommunicatorOptions options_;
   int listen_fd_ = -1;
@@ -114,8 +163,10 @@ class Communicator {
   membership::View view_;                    // adopted at the last update_topology
   size_t rank_ = 0;
   uint64_t op_seq_ = 0;                      // operations started since the last barrier
+  bool votes_ = false;                       // an ok sync since this peer was admitted
   std::vector<float> scratch_;               // the all-reduce works here, not in the caller's buffer
   std::unique_ptr<AllReduceRunner> runner_;  // per mesh
+  std::unique_ptr<StateSyncRunner> sync_runner_;  // per mesh
   bool left_ = false;
 
   std::mutex send_mutex_;                    // serialises writes to coord_fd_
@@ -136,6 +187,9 @@ class Communicator {
   uint64_t running_epoch_ = 0;
   std::optional<membership::C2M_OpBegin> pending_begin_;
   std::optional<membership::C2M_OpResult> pending_result_;
+  std::optional<membership::C2M_SyncReport> pending_report_;   // re-sent until the final status
+  std::optional<membership::M2C_SyncElected> elected_;         // for the running sync
+  bool elected_taken_ = false;                                 // the running sync has its election
   std::map<std::pair<uint64_t, uint64_t>, membership::M2C_OpFinal> finals_;  // recent, by (epoch, op_id)
 };
 

@@ -4,7 +4,7 @@
 // a message, a disconnect, or a clock step + tick. Payloads that do not decode are skipped, as
 // the daemon closes such connections. The state machine's always-on consistency asserts (view
 // members = member records) and this target's checks (epochs never decrease, one final value
-// per operation) must hold whatever the order of events.
+// per operation, one election per shared-state sync) must hold whatever the order of events.
 // Seed corpus: tests/fuzz/corpus/coord_state.
 #include <cstddef>
 #include <cstdint>
@@ -24,6 +24,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   int64_t now = 0;
   uint64_t last_epoch = 0;
   std::map<std::pair<uint64_t, uint64_t>, bool> finals;
+  std::map<std::pair<uint64_t, uint64_t>, w::M2C_SyncElected> elections;
   size_t pos = 0;
   while (pos < size) {
     const uint8_t head = data[pos++];
@@ -54,6 +55,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (const auto* f = std::get_if<w::M2C_OpFinal>(&a.message)) {
         auto [it, fresh] = finals.emplace(std::make_pair(f->epoch, f->op_id), f->ok);
         MERIDIAN_ASSERT(fresh || it->second == f->ok, "two final values for op {}/{}", f->epoch, f->op_id);
+      }
+      if (const auto* e = std::get_if<w::M2C_SyncElected>(&a.message)) {  // one election per sync
+        auto [it, fresh] = elections.emplace(std::make_pair(e->epoch, e->op_id), *e);
+        MERIDIAN_ASSERT(fresh || it->second == *e, "two elections for sync {}/{}", e->epoch, e->op_id);
       }
     }
   }

@@ -15,14 +15,25 @@
 //     received the same value (a peer since removed from the run excepted, see observe_final);
 //   * nobody waits forever: no live, running peer waits past its deadline (barrier, operation,
 //     registration);
+//   * shared-state sync (the first operation after every barrier is a sync, as a trainer does
+//     at each outer step): the coordinator sends one set of elected hashes per sync, every
+//     elected buffer was reported by a member with exactly that digest, and after an ok sync
+//     every member's state equals the elected one;
 // and at the end, after the faults stop and a quiet period: every live peer is in the same
-// view and has committed operations in it (the run goes on).
+// view and has committed operations in it (the run goes on), syncs included.
+//
+// A peer's state is modelled by its digests (net::PeerReport): the first peers start with the
+// same state, replacements with none (late joiners); every committed all-reduce changes every
+// member's state the same way (an outer step); a "stale" fault flips one buffer of one peer. A
+// sync commits the elected digests when its simulated transfer succeeds (no member crashed,
+// not interrupted), as StateSync commits before the final status.
 //
 // CI runs seeds 1..2000 (about 2 ms each; MERIDIAN_COORD_SIM_SEEDS=N runs more). A failure
 // prints the seed; replay it with MERIDIAN_COORD_SIM_SEED=<seed> (and MERIDIAN_COORD_SIM_TRACE=1
 // for a trace of every event).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
@@ -34,12 +45,14 @@
 
 #include "coord/coordinator_state.h"
 #include "core/hash.h"
+#include "net/state_sync/shared_state.h"
 
 namespace {
 
 using namespace meridian::coord;
 namespace w = meridian::net::membership;
 using meridian::SplitMix64;
+namespace net = meridian::net;
 
 constexpr int64_t kMs = 1000;
 constexpr int64_t kHeartbeatTimeoutUs = 1000 * kMs;
@@ -92,7 +105,22 @@ struct Peer {
   uint64_t commits_at_quiet = 0;
   std::optional<w::M2C_OpFinal> last_final;
   std::deque<Msg> backlog;  // delivered while frozen
+  // Shared state (digests only) and the sync in progress.
+  net::PeerReport state;
+  bool op_is_sync = false;
+  std::optional<w::C2M_SyncReport> sync_report;  // re-sent after a reconnect, as sent first
+  std::optional<net::ElectedHashes> elected;
+  bool votes = false;  // an ok sync since it was admitted (as net::Communicator keeps it)
 };
+
+bool same_state(const net::PeerReport& state, const net::ElectedHashes& e) {
+  if (state.revision != e.revision || state.buffers.size() != e.buffers.size()) return false;
+  for (size_t i = 0; i < e.buffers.size(); ++i) {
+    const net::BufferDigest& b = state.buffers[i];
+    if (b.name != e.buffers[i].name || b.bytes != e.buffers[i].bytes || !(b.hash == e.buffers[i].hash)) return false;
+  }
+  return true;
+}
 
 class Sim {
  public:
@@ -100,7 +128,10 @@ class Sim {
 
   void run() {
     const int n = 3 + static_cast<int>(rng_.next() % 4);  // 3..6 peers
-    for (int i = 0; i < n; ++i) add_peer(static_cast<uint32_t>(n));
+    for (int i = 0; i < n; ++i) {
+      add_peer(static_cast<uint32_t>(n));
+      peers_.back().state.buffers = {{"opt", net::BufferDtype::kF32, 64, {1, 2}}, {"w", net::BufferDtype::kF32, 128, {3, 4}}};
+    }
     start_coordinator();
     next_fault_ = now_ + fault_gap();
     const int64_t quiet_at = kFaultPhaseUs, end_at = kFaultPhaseUs + kQuietPhaseUs;
@@ -246,6 +277,13 @@ class Sim {
     } else if (r < 72 && peers_.size() < 10 && live.size() < peers_.size()) {  // a replacement peer
       add_peer(0);
       trace("NEW peer " + std::to_string(peers_.size() - 1));
+    } else if (r < 80 && !live.empty()) {  // one buffer of one peer goes stale
+      Peer& p = peers_[live[rng_.next() % live.size()]];
+      const bool syncing = p.op_is_sync && (p.activity == Activity::kOp || p.activity == Activity::kWaitFinal);
+      if (!p.state.buffers.empty() && !syncing) {  // the state does not change during a sync call
+        p.state.buffers[rng_.next() % p.state.buffers.size()].hash.lo ^= 0xdead;
+        trace("STALE peer " + std::to_string(p.index));
+      }
     }
     // else: nothing this time
   }
@@ -288,6 +326,25 @@ class Sim {
   }
 
   void record_sent(const w::ControlMessage& m) {
+    if (const auto* e = std::get_if<w::M2C_SyncElected>(&m)) {
+      const auto key = std::make_pair(e->epoch, e->op_id);
+      auto [it, fresh] = elected_.emplace(key, *e);
+      if (!fresh && !(it->second == *e)) fail("two different elections for sync " + std::to_string(e->op_id));
+      // No invented data: every elected buffer was reported with exactly that digest by its holders.
+      for (const net::ElectedBuffer& b : e->elected.buffers) {
+        if (b.holders.empty()) fail("elected buffer '" + b.name + "' without a holder");
+        for (PeerId h : b.holders) {
+          auto r = reports_.find({key, h});
+          if (r == reports_.end()) fail("elected holder " + std::to_string(h) + " never reported");
+          const auto& bufs = r->second.buffers;
+          const bool holds = std::any_of(bufs.begin(), bufs.end(), [&](const net::BufferDigest& d) {
+            return d.name == b.name && d.hash == b.hash && d.bytes == b.bytes;
+          });
+          if (!holds) fail("holder " + std::to_string(h) + " of '" + b.name + "' reported another version");
+        }
+      }
+      return;
+    }
     if (const auto* v = std::get_if<w::M2C_View>(&m)) {
       auto [it, fresh] = views_.emplace(v->view.epoch, v->view);
       if (!fresh && it->second.members != v->view.members) {
@@ -344,7 +401,10 @@ class Sim {
       p.next_heartbeat = now_;
       trace("peer " + std::to_string(p.index) + ": registered as " + std::to_string(p.id));
       if (p.activity == Activity::kBarrier) send_to_coordinator(p, w::C2M_UpdateTopology{p.adopted.epoch, p.min_members});
-      if (p.activity == Activity::kOp || p.activity == Activity::kWaitFinal) {
+      if ((p.activity == Activity::kOp || p.activity == Activity::kWaitFinal) && p.op_is_sync && p.sync_report) {
+        send_to_coordinator(p, *p.sync_report);
+        if (p.activity == Activity::kWaitFinal) send_to_coordinator(p, w::C2M_OpResult{p.op.first, p.op.second, true, ""});
+      } else if (p.activity == Activity::kOp || p.activity == Activity::kWaitFinal) {
         send_to_coordinator(p, w::C2M_OpBegin{p.op.first, p.op.second});
         if (p.activity == Activity::kWaitFinal) send_to_coordinator(p, w::C2M_OpResult{p.op.first, p.op.second, true, ""});
       }
@@ -352,6 +412,10 @@ class Sim {
       if (v->view.epoch >= p.held.epoch) p.held = v->view;
       if (p.activity == Activity::kOp && v->view.epoch > p.op.first) p.interrupted = true;
       if (v->barrier && p.activity == Activity::kBarrier) adopt(p, v->view);
+    } else if (const auto* e = std::get_if<w::M2C_SyncElected>(&m.message)) {
+      if (p.activity == Activity::kOp && p.op_is_sync && std::make_pair(e->epoch, e->op_id) == p.op && !p.elected) {
+        p.elected = e->elected;
+      }
     } else if (const auto* f = std::get_if<w::M2C_OpFinal>(&m.message)) {
       p.last_final = *f;
       observe_final(p, *f);
@@ -383,22 +447,36 @@ class Sim {
     bool member = false;
     for (const w::ViewMember& m : v.members) member |= m.peer_id == p.id;
     if (!member) return to_idle(p);  // retry the barrier
+    bool was_member = false;
+    for (const w::ViewMember& m : p.adopted.members) was_member |= m.peer_id == p.id;
+    if (!was_member) p.votes = false;
     p.op_seq = 0;  // operations are numbered afresh after every barrier (View::round)
     p.adopted = v;
     p.min_members = 0;
     trace("peer " + std::to_string(p.index) + ": adopted epoch " + std::to_string(v.epoch) + " (" +
           std::to_string(v.members.size()) + " members)");
-    start_op(p);
+    start_op(p, /*sync=*/true);
   }
 
-  void start_op(Peer& p) {
+  void start_op(Peer& p, bool sync = false) {
     p.activity = Activity::kOp;
     p.op = {p.adopted.epoch, (p.adopted.round << 32) | ++p.op_seq};
     p.interrupted = false;
     p.wait_deadline = now_ + kOpTimeoutUs;
     started_[p.op].insert(p.id);
     started_epoch_of_[{p.op, p.id}] = p.adopted.epoch;
-    send_to_coordinator(p, w::C2M_OpBegin{p.op.first, p.op.second});
+    p.op_is_sync = sync;
+    p.elected.reset();
+    p.sync_report.reset();
+    if (!sync) {
+      send_to_coordinator(p, w::C2M_OpBegin{p.op.first, p.op.second});
+      return;
+    }
+    net::PeerReport report = p.state;
+    report.votes = !report.buffers.empty() && p.votes;
+    p.sync_report = w::C2M_SyncReport{p.op.first, p.op.second, report};
+    reports_[{p.op, p.id}] = report;
+    send_to_coordinator(p, *p.sync_report);
   }
 
   void commit(Peer& p) {
@@ -407,6 +485,15 @@ class Sim {
     for (const w::ViewMember& m : p.adopted.members) {
       auto it = started_epoch_of_.find({p.op, m.peer_id});
       if (it == started_epoch_of_.end() || it->second != p.op.first) fail("op committed that a member did not start in this epoch");
+    }
+    if (p.op_is_sync) {  // after an ok sync every member holds the elected state
+      if (!p.elected || !same_state(p.state, *p.elected)) {
+        fail("peer " + std::to_string(p.index) + " ended sync " + std::to_string(p.op.second) + " ok without the elected state");
+      }
+      p.votes = true;
+    } else {  // an outer step: every member changes its state the same way
+      ++p.state.revision;
+      for (net::BufferDigest& b : p.state.buffers) b.hash.lo = b.hash.lo * 0x9e3779b97f4a7c15ull + p.op.second;
     }
     ++p.commits;
     p.activity = Activity::kThink;
@@ -486,7 +573,15 @@ class Sim {
                 (p.interrupted ? "interrupted" : member_crashed(p) ? "a member crashed" : "timeout") + ")");
           send_to_coordinator(p, w::C2M_OpResult{p.op.first, p.op.second, false, "local failure"});
           to_idle(p);
-        } else if (all_members_started(p)) {
+        } else if (p.op_is_sync && p.elected) {
+          // The transfer: no member crashed and nobody interrupted us, so it completes; commit
+          // the elected digests (what StateSync does after verifying every hash).
+          p.state.revision = p.elected->revision;
+          p.state.buffers.clear();
+          for (const net::ElectedBuffer& b : p.elected->buffers) p.state.buffers.push_back({b.name, b.dtype, b.bytes, b.hash});
+          send_to_coordinator(p, w::C2M_OpResult{p.op.first, p.op.second, true, ""});
+          p.activity = Activity::kWaitFinal;
+        } else if (!p.op_is_sync && all_members_started(p)) {
           send_to_coordinator(p, w::C2M_OpResult{p.op.first, p.op.second, true, ""});
           p.activity = Activity::kWaitFinal;
         }
@@ -552,6 +647,8 @@ class Sim {
   std::map<std::pair<uint64_t, uint64_t>, std::pair<bool, int>> finals_seen_;  // value, first observer
   std::map<std::pair<uint64_t, uint64_t>, std::set<PeerId>> started_;
   std::map<std::pair<std::pair<uint64_t, uint64_t>, PeerId>, uint64_t> started_epoch_of_;
+  std::map<std::pair<uint64_t, uint64_t>, w::M2C_SyncElected> elected_;
+  std::map<std::pair<std::pair<uint64_t, uint64_t>, PeerId>, net::PeerReport> reports_;
 };
 
 TEST(CoordSim, SeededFaultsKeepTheInvariants) {

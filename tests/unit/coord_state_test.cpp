@@ -300,3 +300,140 @@ TEST(CoordState, MessagesOutOfOrderCloseTheConnection) {
 }
 
 }  // namespace
+
+// ---- shared-state sync ---------------------------------------------------------------------
+
+namespace st {
+
+namespace net = meridian::net;
+
+net::PeerReport state(uint64_t revision, std::vector<std::pair<std::string, uint64_t>> buffers) {
+  net::PeerReport r;
+  r.revision = revision;
+  for (auto& [name, h] : buffers) r.buffers.push_back({name, net::BufferDtype::kF32, 64, {h, h}});
+  r.votes = !r.buffers.empty();
+  return r;
+}
+
+uint64_t hash_of(const w::M2C_SyncElected& e, const std::string& name) {
+  for (const auto& b : e.elected.buffers) {
+    if (b.name == name) return b.hash.lo;
+  }
+  return 0;
+}
+
+}  // namespace st
+
+namespace net = meridian::net;
+
+TEST(CoordStateSync, ElectsOnceEveryMemberReportedThenOneFinal) {
+  Harness h;
+  form_view(h, 3);
+  const uint64_t e = h.state.view().epoch;
+  h.clear();
+  const uint64_t op = 1;
+  h.feed(10, w::C2M_SyncReport{e, op, st::state(5, {{"m", 2}, {"w", 1}})});
+  h.feed(11, w::C2M_SyncReport{e, op, st::state(5, {{"m", 2}, {"w", 1}})});
+  EXPECT_FALSE(h.last<w::M2C_SyncElected>(10).has_value());  // 12 has not reported yet
+  h.feed(12, w::C2M_SyncReport{e, op, st::state(4, {{"m", 2}, {"w", 9}})});  // stale in "w"
+  for (ConnId c : {10, 11, 12}) {
+    auto el = h.last<w::M2C_SyncElected>(c);
+    ASSERT_TRUE(el) << c;
+    EXPECT_EQ(el->elected.revision, 5u);
+    EXPECT_EQ(st::hash_of(*el, "w"), 1u);
+    EXPECT_EQ(el->elected.missing_on(h.state.view().members[2].peer_id).size(), 1u);  // only "w"
+  }
+  for (ConnId c : {10, 11}) h.feed(c, w::C2M_OpResult{e, op, true, ""});
+  EXPECT_FALSE(h.state.final_of(e, op).has_value());
+  h.feed(12, w::C2M_OpResult{e, op, true, ""});
+  EXPECT_EQ(h.state.final_of(e, op), std::optional<bool>(true));
+  for (ConnId c : {10, 11, 12}) EXPECT_EQ(h.sent<w::M2C_OpFinal>(c).size(), 1u);
+  // A report sent again (after a reconnect) gets the final status, not a second election.
+  h.clear();
+  h.feed(12, w::C2M_SyncReport{e, op, st::state(4, {{"w", 9}})});
+  EXPECT_FALSE(h.last<w::M2C_SyncElected>(12).has_value());
+  auto f = h.last<w::M2C_OpFinal>(12);
+  ASSERT_TRUE(f);
+  EXPECT_TRUE(f->ok);
+}
+
+TEST(CoordStateSync, ReportSentAgainBeforeTheFinalGetsTheSameElection) {
+  Harness h;
+  form_view(h, 2);
+  const uint64_t e = h.state.view().epoch;
+  h.feed(10, w::C2M_SyncReport{e, 1, st::state(1, {{"w", 1}})});
+  h.feed(11, w::C2M_SyncReport{e, 1, st::state(1, {{"w", 1}})});
+  auto first = h.last<w::M2C_SyncElected>(11);
+  ASSERT_TRUE(first);
+  h.clear();
+  h.feed(11, w::C2M_SyncReport{e, 1, st::state(7, {{"w", 7}})});  // whatever it says now
+  auto again = h.last<w::M2C_SyncElected>(11);
+  ASSERT_TRUE(again);
+  EXPECT_TRUE(*again == *first);
+  EXPECT_FALSE(h.last<w::M2C_SyncElected>(10).has_value());  // only the one that asked
+}
+
+TEST(CoordStateSync, NonVotingJoinersDoNotVoteAwayTheState) {
+  Harness h;
+  form_view(h, 3);
+  const uint64_t e = h.state.view().epoch;
+  // A member that synced (votes) against two joiners with the same, different state that do
+  // not vote yet (the Communicator clears the flag at admission): 2 against 1 if they voted.
+  {
+    net::PeerReport joiner = st::state(0, {{"w", 666}});
+    joiner.votes = false;
+    h.feed(10, w::C2M_SyncReport{e, 1, st::state(3, {{"w", 100}})});
+    h.feed(11, w::C2M_SyncReport{e, 1, joiner});
+    h.feed(12, w::C2M_SyncReport{e, 1, joiner});
+  }
+  auto el = h.last<w::M2C_SyncElected>(11);
+  ASSERT_TRUE(el);
+  EXPECT_EQ(st::hash_of(*el, "w"), 100u);
+  EXPECT_EQ(el->elected.revision, 3u);
+  EXPECT_EQ(el->elected.buffers[0].holders, (std::vector<PeerId>{h.state.view().members[0].peer_id}));
+}
+
+TEST(CoordStateSync, NobodyVotesThenEveryNonEmptyStateDoes) {
+  Harness h;
+  form_view(h, 3);
+  const uint64_t e = h.state.view().epoch;
+  // The start of a run: nobody has synced yet. Two agree, one is empty: the two win, and the
+  // empty one does not make "absent" win either.
+  net::PeerReport same = st::state(1, {{"w", 5}});
+  same.votes = false;
+  net::PeerReport empty = st::state(0, {});
+  h.feed(10, w::C2M_SyncReport{e, 1, same});
+  h.feed(11, w::C2M_SyncReport{e, 1, empty});
+  h.feed(12, w::C2M_SyncReport{e, 1, same});
+  auto el = h.last<w::M2C_SyncElected>(10);
+  ASSERT_TRUE(el);
+  ASSERT_EQ(el->elected.buffers.size(), 1u);
+  EXPECT_EQ(st::hash_of(*el, "w"), 5u);
+  EXPECT_EQ(el->elected.bytes_missing_on(h.state.view().members[1].peer_id), 64u);
+}
+
+TEST(CoordStateSync, MemberLostBeforeTheElectionAbortsWithOneFinal) {
+  Harness h;
+  form_view(h, 3);
+  const uint64_t e = h.state.view().epoch;
+  h.clear();
+  h.feed(10, w::C2M_SyncReport{e, 1, st::state(1, {{"w", 1}})});
+  h.feed(11, w::C2M_SyncReport{e, 1, st::state(1, {{"w", 1}})});
+  h.disconnect(12);
+  EXPECT_EQ(h.state.final_of(e, 1), std::optional<bool>(false));
+  for (ConnId c : {10, 11}) {
+    EXPECT_FALSE(h.last<w::M2C_SyncElected>(c).has_value());
+    EXPECT_EQ(h.sent<w::M2C_OpFinal>(c).size(), 1u);
+  }
+  // During the transfer: a failure report aborts it, the others' ok does not revive it.
+  const uint64_t e2 = h.state.view().epoch;
+  h.clear();
+  h.feed(10, w::C2M_SyncReport{e2, 2, st::state(1, {{"w", 1}})});
+  h.feed(11, w::C2M_SyncReport{e2, 2, st::state(0, {})});
+  ASSERT_TRUE(h.last<w::M2C_SyncElected>(11));
+  h.feed(11, w::C2M_OpResult{e2, 2, false, "peer_lost (peer 0)"});
+  h.feed(10, w::C2M_OpResult{e2, 2, true, ""});
+  EXPECT_EQ(h.state.final_of(e2, 2), std::optional<bool>(false));
+  EXPECT_EQ(h.sent<w::M2C_OpFinal>(10).size(), 2u);  // the abort, then the same again for its report
+  for (const auto& f : h.sent<w::M2C_OpFinal>(10)) EXPECT_FALSE(f.ok);
+}

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <set>
 
 #include "core/assert.h"
 
@@ -40,6 +41,14 @@ class Writer {
       u32(m.peer_id);
       str(m.address);
     }
+  }
+  void digest(const BufferDigest& d) {
+    MERIDIAN_ASSERT(d.name.size() <= kMaxBufferNameBytes, "buffer name of {} bytes", d.name.size());
+    str(d.name);
+    u8(static_cast<uint8_t>(d.dtype));
+    u64(d.bytes);
+    u64(d.hash.hi);
+    u64(d.hash.lo);
   }
   std::vector<std::byte> take() { return std::move(bytes_); }
 
@@ -89,6 +98,19 @@ class Reader {
     }
     return v;
   }
+  // A buffer digest; refuses names over kMaxBufferNameBytes and unknown dtypes.
+  BufferDigest digest() {
+    BufferDigest d;
+    d.name = str();
+    const uint8_t dtype = u8();
+    if (d.name.size() > kMaxBufferNameBytes || dtype > static_cast<uint8_t>(BufferDtype::kU8)) ok_ = false;
+    d.dtype = static_cast<BufferDtype>(dtype);
+    d.bytes = u64();
+    d.hash.hi = u64();
+    d.hash.lo = u64();
+    return d;
+  }
+  void invalidate() { ok_ = false; }
 
  private:
   void raw(void* p, size_t n) {
@@ -165,6 +187,45 @@ struct Encoder {
     w.str(m.detail);
     return w.take();
   }
+  std::vector<std::byte> operator()(const C2M_SyncReport& m) const {
+    MERIDIAN_ASSERT(m.report.buffers.size() <= kMaxSyncBuffers, "sync report of {} buffers", m.report.buffers.size());
+    Writer w(MsgType::kC2M_SyncReport);
+    w.u64(m.epoch);
+    w.u64(m.op_id);
+    w.u64(m.report.revision);
+    w.u8(m.report.votes ? 1 : 0);
+    w.u32(static_cast<uint32_t>(m.report.buffers.size()));
+    for (const BufferDigest& d : m.report.buffers) w.digest(d);
+    return w.take();
+  }
+  std::vector<std::byte> operator()(const M2C_SyncElected& m) const {
+    MERIDIAN_ASSERT(m.elected.buffers.size() <= kMaxSyncBuffers, "{} elected buffers", m.elected.buffers.size());
+    std::vector<std::vector<PeerId>> sets;  // distinct holder sets, in order of first use
+    std::vector<uint32_t> set_of(m.elected.buffers.size());
+    for (size_t b = 0; b < m.elected.buffers.size(); ++b) {
+      const auto& h = m.elected.buffers[b].holders;
+      auto it = std::find(sets.begin(), sets.end(), h);
+      if (it == sets.end()) it = sets.insert(sets.end(), h);
+      set_of[b] = static_cast<uint32_t>(it - sets.begin());
+    }
+    Writer w(MsgType::kM2C_SyncElected);
+    w.u64(m.epoch);
+    w.u64(m.op_id);
+    w.u64(m.elected.revision);
+    w.u32(static_cast<uint32_t>(sets.size()));
+    for (const auto& set : sets) {
+      MERIDIAN_ASSERT(set.size() <= kMaxViewMembers, "holder set of {}", set.size());
+      w.u32(static_cast<uint32_t>(set.size()));
+      for (PeerId p : set) w.u32(p);
+    }
+    w.u32(static_cast<uint32_t>(m.elected.buffers.size()));
+    for (size_t b = 0; b < m.elected.buffers.size(); ++b) {
+      const ElectedBuffer& e = m.elected.buffers[b];
+      w.digest(BufferDigest{e.name, e.dtype, e.bytes, e.hash});
+      w.u32(set_of[b]);
+    }
+    return w.take();
+  }
   std::vector<std::byte> operator()(const M2C_Welcome& m) const {
     Writer w(MsgType::kM2C_Welcome);
     w.u32(m.peer_id);
@@ -202,6 +263,8 @@ struct Namer {
   const char* operator()(const M2C_Welcome&) const { return "M2C_Welcome"; }
   const char* operator()(const M2C_View&) const { return "M2C_View"; }
   const char* operator()(const M2C_OpFinal&) const { return "M2C_OpFinal"; }
+  const char* operator()(const C2M_SyncReport&) const { return "C2M_SyncReport"; }
+  const char* operator()(const M2C_SyncElected&) const { return "M2C_SyncElected"; }
 };
 
 template <typename T>
@@ -211,7 +274,49 @@ Result<ControlMessage> finish(Reader& r, T message, const char* name) {
   return ControlMessage(std::move(message));
 }
 
+bool names_sorted_unique(const std::vector<std::string>& names) {
+  for (size_t i = 1; i < names.size(); ++i) {
+    if (!(names[i - 1] < names[i])) return false;
+  }
+  return true;
+}
+
 }  // namespace
+
+bool M2C_SyncElected::operator==(const M2C_SyncElected& o) const {
+  if (epoch != o.epoch || op_id != o.op_id || elected.revision != o.elected.revision ||
+      elected.buffers.size() != o.elected.buffers.size()) {
+    return false;
+  }
+  for (size_t i = 0; i < elected.buffers.size(); ++i) {
+    const ElectedBuffer& a = elected.buffers[i];
+    const ElectedBuffer& b = o.elected.buffers[i];
+    if (a.name != b.name || a.dtype != b.dtype || a.bytes != b.bytes || !(a.hash == b.hash) || a.holders != b.holders) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool sync_report_fits(const PeerReport& report, std::string* why) {
+  if (report.buffers.size() > kMaxSyncBuffers) {
+    *why = std::to_string(report.buffers.size()) + " buffers > " + std::to_string(kMaxSyncBuffers);
+    return false;
+  }
+  for (size_t i = 0; i < report.buffers.size(); ++i) {
+    const std::string& name = report.buffers[i].name;
+    if (name.size() > kMaxBufferNameBytes) {
+      *why = "buffer name '" + name.substr(0, 32) + "...' of " + std::to_string(name.size()) + " bytes > " +
+             std::to_string(kMaxBufferNameBytes);
+      return false;
+    }
+    if (i > 0 && !(report.buffers[i - 1].name < name)) {
+      *why = "buffer names not sorted and unique at '" + name + "'";
+      return false;
+    }
+  }
+  return true;
+}
 
 std::vector<std::byte> encode_message(const ControlMessage& message) { return std::visit(Encoder{}, message); }
 
@@ -305,6 +410,66 @@ Result<ControlMessage> decode_message(std::span<const std::byte> payload) {
       m.ok = ok == 1;
       m.detail = r.str();
       return finish(r, m, "C2M_OpResult");
+    }
+    case MsgType::kC2M_SyncReport: {
+      C2M_SyncReport m;
+      m.epoch = r.u64();
+      m.op_id = r.u64();
+      m.report.revision = r.u64();
+      const uint8_t votes = r.u8();
+      if (votes > 1 && r.ok()) return Status::error("C2M_SyncReport: bad flag");
+      m.report.votes = votes == 1;
+      const uint32_t n = r.u32();
+      if (r.ok() && n > kMaxSyncBuffers) return Status::error("C2M_SyncReport: " + std::to_string(n) + " buffers");
+      std::vector<std::string> names;
+      for (uint32_t i = 0; i < n && r.ok(); ++i) {
+        m.report.buffers.push_back(r.digest());
+        names.push_back(m.report.buffers.back().name);
+      }
+      if (r.ok() && !names_sorted_unique(names)) return Status::error("C2M_SyncReport: buffer names not sorted and unique");
+      return finish(r, m, "C2M_SyncReport");
+    }
+    case MsgType::kM2C_SyncElected: {
+      M2C_SyncElected m;
+      m.epoch = r.u64();
+      m.op_id = r.u64();
+      m.elected.revision = r.u64();
+      const uint32_t set_count = r.u32();
+      if (r.ok() && set_count > kMaxSyncBuffers) return Status::error("M2C_SyncElected: " + std::to_string(set_count) + " holder sets");
+      std::vector<std::vector<PeerId>> sets;
+      for (uint32_t s = 0; s < set_count && r.ok(); ++s) {
+        const uint32_t k = r.u32();
+        if (r.ok() && k > kMaxViewMembers) return Status::error("M2C_SyncElected: holder set of " + std::to_string(k));
+        std::vector<PeerId> set;
+        for (uint32_t i = 0; i < k && r.ok(); ++i) {
+          set.push_back(r.u32());
+          if (i > 0 && set[i - 1] >= set[i]) r.invalidate();  // ascending, unique
+        }
+        sets.push_back(std::move(set));
+      }
+      const uint32_t n = r.u32();
+      if (r.ok() && n > kMaxSyncBuffers) return Status::error("M2C_SyncElected: " + std::to_string(n) + " buffers");
+      // Canonical form, as the encoder writes it: distinct sets, each used, numbered in order
+      // of first use (so that decode and encode are inverses).
+      std::vector<std::string> names;
+      uint32_t sets_used = 0;
+      for (uint32_t i = 0; i < n && r.ok(); ++i) {
+        BufferDigest d = r.digest();
+        const uint32_t set = r.u32();
+        if (!r.ok() || set > sets_used || set >= sets.size()) {
+          r.invalidate();
+          break;
+        }
+        sets_used += set == sets_used ? 1 : 0;
+        names.push_back(d.name);
+        m.elected.buffers.push_back(ElectedBuffer{std::move(d.name), d.dtype, d.bytes, d.hash, sets[set]});
+      }
+      if (r.ok() && sets_used != sets.size()) return Status::error("M2C_SyncElected: unused holder sets");
+      if (r.ok() && std::set<std::vector<PeerId>>(sets.begin(), sets.end()).size() != sets.size()) {
+        return Status::error("M2C_SyncElected: holder sets repeat");
+      }
+      if (r.ok() && !names_sorted_unique(names)) return Status::error("M2C_SyncElected: buffer names not sorted and unique");
+      return finish(r, m, "M2C_SyncElected");
     }
     case MsgType::kM2C_Welcome: {
       M2C_Welcome m;

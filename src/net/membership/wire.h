@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "net/state_sync/shared_state.h"
 #include "net/transport/transport.h"
 
 namespace meridian::net::membership {
@@ -44,6 +45,11 @@ inline constexpr size_t kMaxStringBytes = 4096;
 inline constexpr size_t kMaxViewMembers = 4096;
 inline constexpr size_t kNonceBytes = 32;
 inline constexpr size_t kProofBytes = 32;
+// Shared-state sync: at most this many buffers per report, names at most this long, so that a
+// report (4096 x (4 + 128 + 33) bytes) always fits one control frame. The elected hashes reuse
+// the bounds and carry each distinct holder set once.
+inline constexpr size_t kMaxSyncBuffers = 4096;
+inline constexpr size_t kMaxBufferNameBytes = 128;
 
 using Nonce = std::array<uint8_t, kNonceBytes>;
 using Proof = std::array<uint8_t, kProofBytes>;
@@ -59,9 +65,11 @@ enum class MsgType : uint8_t {
   kC2M_Leave = 19,
   kC2M_OpBegin = 20,
   kC2M_OpResult = 21,
+  kC2M_SyncReport = 22,
   kM2C_Welcome = 32,
   kM2C_View = 33,
   kM2C_OpFinal = 34,
+  kM2C_SyncElected = 35,
 };
 
 enum class Role : uint8_t { kPeerToCoordinator = 1, kPeerToPeer = 2 };
@@ -141,6 +149,21 @@ struct C2M_OpResult {
   std::string detail;
   bool operator==(const C2M_OpResult&) const = default;
 };
+// Shared-state sync (an operation like an all-reduce, named by (epoch, op_id), ending with one
+// M2C_OpFinal): a member's per-buffer digests. report.peer is not on the wire (the coordinator
+// knows who sent it). Names sorted and unique, at most kMaxSyncBuffers of at most
+// kMaxBufferNameBytes each (checked by decode, and by the sender: sync_report_fits()).
+struct C2M_SyncReport {
+  uint64_t epoch = 0;
+  uint64_t op_id = 0;
+  PeerReport report;
+  bool operator==(const C2M_SyncReport& o) const {
+    return epoch == o.epoch && op_id == o.op_id && report.revision == o.report.revision &&
+           report.votes == o.report.votes && report.buffers == o.report.buffers;
+  }
+};
+// True if `report` can be sent as a C2M_SyncReport; else *why says which bound it breaks.
+bool sync_report_fits(const PeerReport& report, std::string* why);
 struct M2C_Welcome {
   PeerId peer_id = kNoPeer;
   uint32_t heartbeat_interval_ms = 0;
@@ -163,8 +186,19 @@ struct M2C_OpFinal {
   bool operator==(const M2C_OpFinal&) const = default;
 };
 
-using ControlMessage = std::variant<Hello, Challenge, ProofMsg, Verdict, C2M_Join, C2M_Heartbeat, C2M_UpdateTopology,
-                                    C2M_Leave, C2M_OpBegin, C2M_OpResult, M2C_Welcome, M2C_View, M2C_OpFinal>;
+// The election's outcome, sent to every member once all members of the epoch reported:
+// holders are the coordinator's peer ids (ascending); on the wire each distinct holder set is
+// sent once and buffers refer to it by index, so the size grows with buffers + members.
+struct M2C_SyncElected {
+  uint64_t epoch = 0;
+  uint64_t op_id = 0;
+  ElectedHashes elected;
+  bool operator==(const M2C_SyncElected& o) const;
+};
+
+using ControlMessage =
+    std::variant<Hello, Challenge, ProofMsg, Verdict, C2M_Join, C2M_Heartbeat, C2M_UpdateTopology, C2M_Leave,
+                 C2M_OpBegin, C2M_OpResult, M2C_Welcome, M2C_View, M2C_OpFinal, C2M_SyncReport, M2C_SyncElected>;
 
 // Payload bytes (no frame header).
 std::vector<std::byte> encode_message(const ControlMessage& message);

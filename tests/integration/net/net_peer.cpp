@@ -15,9 +15,22 @@
 // With the fp32 codec every value is a small integer, so the sum is exact and each peer checks
 // its result against the sum it computes itself from the view's peer ids (verified=1).
 // A failed round is retried under the next view (update_topology), at most --max-retries times.
+//
+// --mode sync: a shared-state holder for the sync tests. Holds --state-buffers buffers of
+// --buffer-bytes deterministic bytes (--empty-state 1: none, a late joiner), joins a view of
+// --world peers, then executes one command per stdin line and prints one line per command:
+//   step        -> stepped revision=R hash=H        (every peer mutates its state identically)
+//   stale B     -> staled buffer=B hash=H           (flip bytes of buffer B only)
+//   update      -> view epoch=E size=N rank=R       (update_topology: admits joiners)
+//   sync        -> sync ok epoch=E hash=H revision=R downloaded=B served=S buffers=K seconds=T transfer_seconds=X gbps=G
+//                  sync error ms=MS unchanged=0|1 hash=H STATUS
+//   leave       -> done
+// --hang-in-sync 1: at the first sync, print "hang sync" once the election is in and stop
+// there (before serving anything), waiting to be killed.
 #include <csignal>
 #include <unistd.h>
 
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -27,6 +40,7 @@
 #include "core/hash.h"
 #include "net/communicator.h"
 #include "net/membership/socket_io.h"
+#include "net/state_sync/shared_state.h"
 
 namespace {
 
@@ -46,6 +60,88 @@ int fail(const std::string& what) {
   return 1;
 }
 
+void say(const char* format, ...) __attribute__((format(printf, 1, 2)));
+void say(const char* format, ...) {
+  va_list args;
+  va_start(args, format);
+  std::vprintf(format, args);
+  va_end(args);
+  std::fflush(stdout);
+}
+
+std::string hex(const Hash128& h) { return h.hex(); }
+
+// Buffer b of the initial state: 64-bit words from a counter hash, so every peer builds the same.
+std::vector<std::byte> initial_buffer(size_t b, size_t bytes) {
+  std::vector<std::byte> out(bytes);
+  uint64_t x = 0x9e3779b97f4a7c15ull * (b + 1);
+  for (size_t i = 0; i + 8 <= bytes; i += 8) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    std::memcpy(out.data() + i, &x, 8);
+  }
+  return out;
+}
+
+// The sync-test peer (see the file comment).
+int run_sync_mode(Communicator& c, size_t buffers, size_t buffer_bytes, bool empty_state) {
+  SharedState state;
+  if (!empty_state) {
+    for (size_t b = 0; b < buffers; ++b) state.put("buf" + std::to_string(b), BufferDtype::kU8, initial_buffer(b, buffer_bytes));
+  }
+  char line[256];
+  while (std::fgets(line, sizeof(line), stdin) != nullptr) {
+    const std::string cmd(line, std::strcspn(line, "\r\n"));
+    if (cmd == "step") {
+      state.set_revision(state.revision() + 1);
+      for (const SharedState::Buffer& buf : std::vector<SharedState::Buffer>(state.buffers())) {
+        std::span<std::byte> d = state.data(buf.name);
+        for (size_t i = 0; i < d.size(); i += 4096) d[i] ^= std::byte{static_cast<uint8_t>(state.revision() * 31 + 7)};
+      }
+      say("stepped revision=%llu hash=%s\n", static_cast<unsigned long long>(state.revision()), hex(state.state_hash()).c_str());
+    } else if (cmd.rfind("stale ", 0) == 0) {
+      const std::string name = "buf" + cmd.substr(6);
+      if (state.find(name) == nullptr) return fail("no buffer " + name);
+      std::span<std::byte> d = state.data(name);
+      for (size_t i = 0; i < d.size(); i += 512) d[i] ^= std::byte{0x5a};
+      say("staled buffer=%s hash=%s\n", name.c_str(), hex(state.state_hash()).c_str());
+    } else if (cmd == "update") {
+      if (Status st = c.update_topology(0); !st.is_ok()) {
+        say("topology error %s\n", st.message().c_str());
+        continue;
+      }
+      say("view epoch=%llu size=%zu rank=%zu\n", static_cast<unsigned long long>(c.view().epoch), c.view().members.size(),
+          c.rank());
+    } else if (cmd == "sync") {
+      const Hash128 before = state.state_hash();
+      const int64_t t0 = membership::steady_now_us();
+      SyncOpStats stats;
+      const NetStatus st = c.sync_shared_state(state, &stats);
+      const Hash128 after = state.state_hash();
+      if (st.is_ok()) {
+        say("sync ok epoch=%llu hash=%s revision=%llu downloaded=%llu served=%llu buffers=%llu seconds=%.6f "
+            "transfer_seconds=%.6f gbps=%.3f\n",
+            static_cast<unsigned long long>(stats.epoch), hex(after).c_str(),
+            static_cast<unsigned long long>(state.revision()), static_cast<unsigned long long>(stats.bytes_downloaded),
+            static_cast<unsigned long long>(stats.bytes_served), static_cast<unsigned long long>(stats.buffers_downloaded),
+            stats.seconds, stats.transfer_seconds, stats.gbit_per_s());
+      } else {
+        say("sync error ms=%lld unchanged=%d hash=%s %s\n",
+            static_cast<long long>((membership::steady_now_us() - t0) / 1000), before == after ? 1 : 0,
+            hex(after).c_str(), st.to_string().c_str());
+      }
+    } else if (cmd == "leave") {
+      break;
+    } else if (!cmd.empty()) {
+      return fail("unknown command '" + cmd + "'");
+    }
+  }
+  c.leave();
+  say("done\n");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -56,6 +152,9 @@ int main(int argc, char** argv) {
   long hang_at_round = -1;
   bool gate_stdin = false;
   size_t update_every = 0, first_round = 0;
+  std::string mode = "allreduce";
+  size_t state_buffers = 4, buffer_bytes = 1u << 20;
+  bool empty_state = false, hang_in_sync = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--coordinator") options.coordinator_address = v;
@@ -72,6 +171,11 @@ int main(int argc, char** argv) {
     else if (a == "--first-round") first_round = std::strtoul(v.c_str(), nullptr, 10);
     else if (a == "--update-every") update_every = std::strtoul(v.c_str(), nullptr, 10);
     else if (a == "--max-retries") max_retries = std::strtoul(v.c_str(), nullptr, 10);
+    else if (a == "--mode") mode = v;
+    else if (a == "--state-buffers") state_buffers = std::strtoul(v.c_str(), nullptr, 10);
+    else if (a == "--buffer-bytes") buffer_bytes = std::strtoul(v.c_str(), nullptr, 10);
+    else if (a == "--empty-state") empty_state = v == "1";
+    else if (a == "--hang-in-sync") hang_in_sync = v == "1";
     else return fail("unknown option " + a);
   }
   const std::optional<Codec> codec = parse_codec(codec_name);
@@ -81,6 +185,12 @@ int main(int argc, char** argv) {
   options.token = *token;
   options.connect_timeout_ms = 5000;
   options.topology_timeout_ms = 20000;
+  if (hang_in_sync) {
+    options.before_sync_transfer_for_tests = [] {
+      say("hang sync\n");
+      for (;;) ::pause();  // the test kills us here, while the others transfer
+    };
+  }
 
   Result<std::unique_ptr<Communicator>> comm = Communicator::connect(options);
   if (!comm) return fail(comm.status().message() + (comm.status().hint().empty() ? "" : " (hint: " + comm.status().hint() + ")"));
@@ -91,6 +201,9 @@ int main(int argc, char** argv) {
   std::printf("view epoch=%llu size=%zu rank=%zu\n", static_cast<unsigned long long>(c.view().epoch),
               c.view().members.size(), c.rank());
   std::fflush(stdout);
+
+  if (mode == "sync") return run_sync_mode(c, state_buffers, buffer_bytes, empty_state);
+  if (mode != "allreduce") return fail("unknown mode " + mode);
 
   std::vector<float> buf(count), input(count);
   for (size_t round = first_round; round < rounds; ++round) {
