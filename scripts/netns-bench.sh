@@ -6,9 +6,11 @@
 #
 #   sudo scripts/netns-bench.sh [--bench build/bench/allreduce/bench_allreduce] [--peers 4]
 #        [--size 16777216] [--rates "100mbit 1gbit"] [--codecs "fp32 int8"] [--iters 3]
-#        [--streams 2] [--socket-buffer BYTES] [--no-gloo] [--probe]
+#        [--streams 2] [--socket-buffer BYTES] [--window-bytes BYTES] [--chunk-values V] [--no-gloo] [--probe] [--qdisc-stats]
 #   --probe also runs the topology probe on each shaped network (every directed link should
 #   measure close to the rate) and prints the ring it picks.
+#   --qdisc-stats prints, after each run, the packets every tbf sent and dropped during it
+#   (uplinks: each peer's eth0; downlinks: the switch side of its veth), to see incast drops.
 #
 # Topology: a "switch" namespace holds a bridge; peer i's namespace holds one end of a veth
 # pair (10.77.0.(i+1)/24), the bridge the other. Both ends are shaped with tbf at the rate,
@@ -29,6 +31,7 @@ streams=2
 extra=()
 gloo_flag=""
 probe=0
+qdisc_stats=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --bench) bench="$2"; shift 2 ;;
@@ -39,8 +42,11 @@ while [[ $# -gt 0 ]]; do
     --iters) iters="$2"; shift 2 ;;
     --streams) streams="$2"; shift 2 ;;
     --socket-buffer) extra+=(--socket-buffer "$2"); shift 2 ;;
+    --window-bytes) extra+=(--window-bytes "$2"); shift 2 ;;
+    --chunk-values) extra+=(--chunk-values "$2"); shift 2 ;;
     --no-gloo) gloo_flag="--no-gloo"; shift ;;
     --probe) probe=1; shift ;;
+    --qdisc-stats) qdisc_stats=1; shift ;;
     *) echo "netns-bench: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -121,6 +127,21 @@ teardown() {
   created=()
 }
 
+# "sent P pkt dropped D overlimits O" of the root tbf on a device in a namespace.
+qdisc_counts() {  # $1 = namespace, $2 = device
+  tc -s -n "$1" qdisc show dev "$2" | awk '/Sent/ { s = $4; d = $7; sub(",", "", d); o = $9; print s, d, o; exit }'
+}
+
+print_qdisc_stats() {  # $1 = label
+  local i up down
+  echo "   qdisc $1 (packets sent / dropped / overlimits since setup):"
+  for ((i = 0; i < peers; i++)); do
+    up="$(qdisc_counts "${prefix}p$i" eth0)"
+    down="$(qdisc_counts "${prefix}sw" "mrdn$$b$i")"
+    echo "     peer $i  uplink $up  downlink $down"
+  done
+}
+
 run_once() {  # $1 = rate, $2 = codec or "probe"
   local rate="$1" codec="$2" addresses="" pids=() rc=0 mode=()
   if [[ "$codec" == probe ]]; then mode=(--probe); codec=fp32; fi
@@ -136,6 +157,7 @@ run_once() {  # $1 = rate, $2 = codec or "probe"
   for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
   echo "== rate $rate, $peers peers, ${mode[*]:-codec $codec}"
   cat "$out.0"
+  if [[ $qdisc_stats -eq 1 ]]; then print_qdisc_stats "after this run"; fi
   if [[ $rc -ne 0 ]]; then
     for ((i = 1; i < peers; i++)); do sed "s/^/  [rank $i] /" "$out.$i"; done
   fi

@@ -65,7 +65,8 @@ struct Config {
   Codec codec = Codec::kFp32;
   int iters = 5;
   size_t streams = 2;
-  size_t chunk_values = 1u << 16;
+  size_t chunk_values = 0;  // 0: pieces of about 64 KiB on the wire for the codec (see main)
+  std::optional<size_t> window_bytes;  // unset: the all-reduce default; 0: no window
   int socket_buffer_bytes = 0;  // 0: the transport default
   double link_gbit = 0;
   bool gloo = true;
@@ -80,7 +81,7 @@ struct Config {
   std::fprintf(stderr,
                "bench_allreduce: %s\n"
                "usage: bench_allreduce [--peers N] [--size BYTES] [--codec fp32|bf16|fp16|int8|prime_int8]\n"
-               "       [--iters K] [--streams S] [--chunk-values V] [--socket-buffer BYTES] [--link-gbit R] [--no-gloo] [--state-sync] [--probe]\n"
+               "       [--iters K] [--streams S] [--chunk-values V] [--window-bytes B] [--socket-buffer BYTES] [--link-gbit R] [--no-gloo] [--state-sync] [--probe]\n"
                "       [--rank R --addresses H:P,H:P,... [--gloo-port P]]\n",
                why.c_str());
   std::exit(2);
@@ -104,6 +105,7 @@ Config parse(int argc, char** argv) {
     } else if (key == "--iters") c.iters = std::stoi(value());
     else if (key == "--streams") c.streams = std::stoul(value());
     else if (key == "--chunk-values") c.chunk_values = std::stoul(value());
+    else if (key == "--window-bytes") c.window_bytes = std::stoul(value());
     else if (key == "--socket-buffer") c.socket_buffer_bytes = std::stoi(value());
     else if (key == "--link-gbit") c.link_gbit = std::stod(value());
     else if (key == "--no-gloo") c.gloo = false;
@@ -127,6 +129,12 @@ Config parse(int argc, char** argv) {
     if (*c.rank >= c.peers) usage("--rank outside --addresses");
   }
   if (c.peers < 1 || c.iters < 1) usage("--peers and --iters must be positive");
+  if (c.chunk_values == 0) {
+    // Pieces of about 64 KiB on the wire whatever the codec: small enough that a send window
+    // of a few pieces keeps a 100 Mbit/s link's queue short, large enough for 1 Gbit/s.
+    const size_t bytes_per_value = std::max<size_t>(1, encoded_size(c.codec, 1u << 16) >> 16);
+    c.chunk_values = (64u << 10) / bytes_per_value;
+  }
   return c;
 }
 
@@ -176,6 +184,7 @@ std::optional<PeerTimes> run_meridian(TcpTransport& transport, const Config& c, 
     }
     AllReduceOptions o{.codec = c.codec, .op = ReduceOp::kSum, .chunk_values = c.chunk_values, .timeout_ms = 600'000,
                        .op_id = op++};
+    if (c.window_bytes) o.window_bytes = *c.window_bytes;
     AllReduceStats stats;
     const int64_t t0 = now_us();
     const NetStatus st = runner.run(members, buffer, o, &stats);

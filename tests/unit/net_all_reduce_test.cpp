@@ -248,6 +248,33 @@ TEST(net_AllReduce, ResultIndependentOfArrivalOrder) {
   }
 }
 
+// The send window only decides when contributions leave, never what is computed: with no
+// window, the smallest (two pieces in flight per owner) and the default, on bandwidth-limited
+// links, every member ends with the same bits, and the bytes sent stay 2(N-1)/N of the payload.
+TEST(net_AllReduce, SendWindowChangesTimingNotResults) {
+  const size_t world = 5, count = 40'000;
+  const Buffers in = make_inputs(world, count, 11);
+  Hash128 first{};
+  uint64_t first_bytes = 0;
+  const std::vector<size_t> windows = {0, 1, 256u << 10};
+  for (size_t w = 0; w < windows.size(); ++w) {
+    Buffers buf = in;
+    SimNetwork net({.peers = world, .latency_us = 500, .jitter_us = 200, .bandwidth_bytes_per_us = 10.0, .seed = 9});
+    AllReduceOptions options{.codec = Codec::kInt8, .op = ReduceOp::kMean, .chunk_values = 1000, .op_id = 5};
+    options.window_bytes = windows[w];
+    const SimAllReduceResult res = run_all_reduce_sim(net, ranks(world), spans_of(buf), options);
+    for (size_t r = 0; r < world; ++r) ASSERT_TRUE(res.status[r].is_ok()) << "window " << windows[w] << ": " << res.status[r].to_string();
+    for (size_t r = 1; r < world; ++r) ASSERT_EQ(0, std::memcmp(buf[0].data(), buf[r].data(), 4 * count)) << "rank " << r;
+    const Hash128 h = xxh3_128(buf[0].data(), 4 * count);
+    if (w == 0) {
+      first = h;
+      first_bytes = res.stats[0].bytes_sent_total;
+    }
+    EXPECT_EQ(h, first) << "window " << windows[w];
+    EXPECT_EQ(res.stats[0].bytes_sent_total, first_bytes) << "window " << windows[w];
+  }
+}
+
 // ---- failures ---------------------------------------------------------------------------------
 
 TEST(net_AllReduce, CrashedPeerFailsOthersWithBuffersUnchangedThenRetrySucceeds) {

@@ -125,24 +125,74 @@ void AllReduce::start() {
     max_pieces = std::max(max_pieces, piece_count(j));
   }
 
-  // Step 1, contribute: piece-major, starting with the next rank.
+  // Step 1, contribute: piece-major, starting with the next rank, the first window only.
+  next_piece_.assign(world_, 0);
+  acked_.assign(world_, 0);
+  bytes_in_flight_.assign(world_, 0);
   for (size_t k = 0; k < max_pieces && !done_; ++k) {
     for (size_t d = 0; d < world_ && !done_; ++d) {
       const size_t owner = (rank_ + 1 + d) % world_;  // d = world_ - 1 is this member itself
-      if (k >= piece_count(owner)) continue;
-      const Range r = piece_range(owner, k);
-      std::vector<std::byte> frame =
-          make_frame(kKindContribution, owner, k, std::span<const float>(buffer_).subspan(r.begin, r.count));
-      if (owner == rank_) {
-        contributions_[k][rank_] = std::move(frame);
-        fold_ready(k);
-      } else {
-        NetStatus st = send_frame(owner, std::move(frame));
-        if (!st.is_ok()) fail(st);
-      }
+      if (k >= piece_count(owner) || next_piece_[owner] != k || (owner != rank_ && !window_has_room(owner))) continue;
+      contribute(owner, k);
     }
   }
   if (!done_ && results_held_ == results_total_) commit();  // nothing to wait for (N = 1, count = 0)
+}
+
+void AllReduce::contribute(size_t owner, size_t piece) {
+  MERIDIAN_ASSERT(piece == next_piece_[owner], "contribution {} to owner {} out of order (next {})", piece, owner,
+                  next_piece_[owner]);
+  ++next_piece_[owner];
+  const Range r = piece_range(owner, piece);
+  std::vector<std::byte> frame =
+      make_frame(kKindContribution, owner, piece, std::span<const float>(buffer_).subspan(r.begin, r.count));
+  if (owner == rank_) {  // our own piece is not windowed: nothing travels
+    contributions_[piece][rank_] = std::move(frame);
+    fold_ready(piece);
+  } else {
+    bytes_in_flight_[owner] += frame.size();
+    NetStatus st = send_frame(owner, std::move(frame));
+    if (!st.is_ok()) fail(st);
+  }
+}
+
+double AllReduce::acked_rate_per_owner() const {
+  if (world_ < 2) return 0;
+  const int64_t elapsed_us = std::max<int64_t>(1, transport_.clock().now_us() - start_us_);
+  return static_cast<double>(bytes_acked_total_) / static_cast<double>(world_ - 1) / static_cast<double>(elapsed_us);
+}
+
+double AllReduce::rate_hint() const {
+  // Only an operation that kept its windows busy measured the links; it must have moved at
+  // least a few minimal windows per owner.
+  if (world_ < 2 || options_.window_bytes == 0) return 0;
+  if (bytes_acked_total_ < (world_ - 1) * 4 * options_.window_bytes) return 0;
+  return static_cast<double>(bytes_acked_total_) / static_cast<double>(world_ - 1) /
+         static_cast<double>(std::max<int64_t>(1, stats_.elapsed_us));
+}
+
+// Room for the next piece to `owner`: fewer than two pieces in flight, or the window's bytes.
+// The window is kWindowTargetUs of the rate at which results came back so far (per owner),
+// within [window_bytes, kMaxWindowBytes]: long enough to keep a fast link busy while a piece
+// makes its round trip, short enough that a slow link's queue does not delay the results.
+bool AllReduce::window_has_room(size_t owner) const {
+  if (options_.window_bytes == 0) return true;
+  if (next_piece_[owner] - acked_[owner] < 2) return true;
+  // Before this operation's own results come back, half the earlier rate: a fast start on a
+  // fast link, and a slow link's estimate takes over as soon as it is measured.
+  const double rate_per_owner = std::max(acked_rate_per_owner(), rate_hint_ / 2);  // bytes per us
+  const uint64_t window = std::clamp<uint64_t>(static_cast<uint64_t>(rate_per_owner * kWindowTargetUs),
+                                               options_.window_bytes, kMaxWindowBytes);
+  const Range r = piece_range(owner, next_piece_[owner]);
+  return bytes_in_flight_[owner] + kAllReduceHeaderBytes + encoded_size(options_.codec, r.count) <= window;
+}
+
+// Each result from `owner` acknowledges one of our contributions to it (its piece could not
+// be reduced without ours), so the window slides.
+void AllReduce::send_window(size_t owner) {
+  while (!done_ && next_piece_[owner] < piece_count(owner) && window_has_room(owner)) {
+    contribute(owner, next_piece_[owner]);
+  }
 }
 
 AllReduce::Disposition AllReduce::on_recv(const NetStatus& status, Message& message) {
@@ -210,7 +260,13 @@ void AllReduce::on_frame(PeerId peer, std::vector<std::byte>& frame) {
   } else if (h.kind == kKindResult) {
     if (h.shard != sender) return protocol_error("result for shard " + std::to_string(h.shard) + " from its non-owner");
     if (!results_[h.shard][h.piece].empty()) return protocol_error("duplicate result");
+    if (h.piece >= next_piece_[h.shard]) return protocol_error("result for a piece not yet contributed");
+    const uint64_t acked_bytes = frame.size();  // the same count, so the size of our contribution
+    ++acked_[h.shard];
+    bytes_in_flight_[h.shard] -= acked_bytes;
+    bytes_acked_total_ += acked_bytes;
     store_result(h.shard, h.piece, std::move(frame));
+    send_window(h.shard);
   } else {
     return protocol_error("unknown frame kind " + std::to_string(h.kind));
   }
@@ -305,6 +361,7 @@ void AllReduceRunner::keep_early(Message& message, uint64_t current_op_id) {
 NetStatus AllReduceRunner::run(const std::vector<PeerId>& members, std::span<float> buffer,
                                const AllReduceOptions& options, AllReduceStats* stats) {
   AllReduce op(transport_, members, buffer, options);
+  op.set_rate_hint(rate_hint_);
   op.start();
   // Replay frames that arrived for this operation while an earlier one ran.
   std::vector<Message> early;
@@ -323,6 +380,7 @@ NetStatus AllReduceRunner::run(const std::vector<PeerId>& members, std::span<flo
     if (op.on_recv(st, m) == AllReduce::Disposition::kForeign) keep_early(m, options.op_id);
   }
   if (stats != nullptr) *stats = op.stats();
+  if (op.status().is_ok() && op.rate_hint() > 0) rate_hint_ = op.rate_hint();
   return op.status();
 }
 

@@ -9,7 +9,14 @@
 //      sends it to the shard's owner, piece-major (piece 0 of every shard, then piece 1, ...)
 //      starting with the next rank, so that all owners receive work from the start. The owner
 //      keeps its own encoded piece instead of sending it: its own values go through the same
-//      encode -> decode round trip as everybody else's.
+//      encode -> decode round trip as everybody else's. A member keeps a bounded window of
+//      contribution bytes in flight per owner: the owner's results acknowledge them, and each
+//      result received releases the next pieces for that owner. The window is about
+//      kWindowTargetUs worth of the rate at which this operation's results have come back
+//      (at least window_bytes and two pieces), so it follows the link rate: on a shaped link
+//      the bottleneck queue stays short, results are not stuck behind a backlog of
+//      contributions, and every owner progresses at the pace of its slowest contributor
+//      instead of some flows finishing early and others late (docs/algorithms.md).
 //   2. Reduce: as contributions of a piece arrive, the owner folds them into an fp32
 //      accumulator strictly in rank order 0, 1, ..., N-1 (a contribution that arrives early
 //      waits for the ranks before it), so the sum does not depend on arrival order. For a mean
@@ -54,6 +61,7 @@ struct AllReduceOptions {
   Codec codec = Codec::kFp32;
   ReduceOp op = ReduceOp::kMean;
   size_t chunk_values = 1u << 16;  // values per piece; bounds message size and pipelines work
+  size_t window_bytes = 256u << 10;  // least contribution bytes in flight per owner (and >= 2 pieces); 0: no window
   int64_t timeout_ms = 60000;      // the whole operation, from start()
   uint64_t op_id = 0;              // unique per operation; every member must use the same one
 };
@@ -75,6 +83,10 @@ struct AllReduceStats {
 inline constexpr uint32_t kAllReduceMagic = 0x3152414du;  // "MAR1" little-endian
 inline constexpr uint16_t kAllReduceVersion = 1;
 inline constexpr size_t kAllReduceHeaderBytes = 32;
+// The send window holds about this long of the acknowledged rate (see AllReduce); at most
+// kMaxWindowBytes per owner.
+inline constexpr int64_t kWindowTargetUs = 30'000;
+inline constexpr uint64_t kMaxWindowBytes = 16u << 20;
 // The op_id of an all-reduce frame, or nullopt if the bytes are not one.
 std::optional<uint64_t> all_reduce_frame_op_id(std::span<const std::byte> frame);
 
@@ -96,6 +108,13 @@ class AllReduce {
   // Fails the operation with kTimeout once the clock has reached deadline_us().
   void check_deadline();
 
+  // The per-owner rate (bytes per microsecond) at which an earlier operation's results came
+  // back, to size the send window before this one's first results (AllReduceRunner passes it
+  // on). Call before start(). rate_hint() after done(): this operation's own, or 0 when it
+  // moved too few bytes to say (a barrier, a small buffer).
+  void set_rate_hint(double bytes_per_us) { rate_hint_ = bytes_per_us; }
+  double rate_hint() const;
+
   bool done() const { return done_; }
   const NetStatus& status() const { return status_; }  // valid once done()
   int64_t deadline_us() const { return deadline_us_; }
@@ -113,6 +132,9 @@ class AllReduce {
 
   std::vector<std::byte> make_frame(uint8_t kind, size_t shard, size_t piece, std::span<const float> values) const;
   NetStatus send_frame(size_t rank, std::vector<std::byte> frame);
+  void contribute(size_t owner, size_t piece);  // step 1 for one piece: send it, or keep and fold our own
+  void send_window(size_t owner);               // contribute to `owner` while its window has room
+  bool window_has_room(size_t owner) const;
   void on_frame(PeerId peer, std::vector<std::byte>& frame);
   void fold_ready(size_t piece);   // owner: fold contributions in rank order while possible
   void finish_piece(size_t piece); // owner: divide, encode once, broadcast
@@ -133,6 +155,14 @@ class AllReduce {
   std::vector<float> acc_;  // f32 [shard length]
   std::vector<std::vector<std::vector<std::byte>>> contributions_;
   std::vector<size_t> next_fold_rank_;
+  // Every member: the send window per owner. next_piece_[owner] pieces were contributed,
+  // acked_[owner] of their results received; in flight: the frame bytes of the difference.
+  std::vector<size_t> next_piece_;
+  std::vector<size_t> acked_;
+  std::vector<uint64_t> bytes_in_flight_;
+  uint64_t bytes_acked_total_ = 0;
+  double rate_hint_ = 0;  // bytes per us per owner, from an earlier operation
+  double acked_rate_per_owner() const;  // this operation's so far, bytes per us
   // Every member: results_[shard][piece] holds the owner's encoded result frame.
   std::vector<std::vector<std::vector<std::byte>>> results_;
   size_t results_held_ = 0;
@@ -163,6 +193,7 @@ class AllReduceRunner {
 
   Transport& transport_;
   std::vector<Message> early_;  // frames of operations with a larger op_id
+  double rate_hint_ = 0;        // the last large operation's acknowledged rate per owner
 };
 
 }  // namespace meridian::net

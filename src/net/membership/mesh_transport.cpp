@@ -1,21 +1,5 @@
 #include "net/membership/mesh_transport.h"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <sys/uio.h>
-#include <unistd.h>
-
-#include <algorithm>
-#include <cerrno>
-#include <chrono>
-#include <cstdio>
-#include <cstring>
-
 #include "core/assert.h"
 #include "net/membership/socket_io.h"
 #include "net/membership/wire.h"
@@ -24,32 +8,11 @@ namespace meridian::net::membership {
 
 namespace {
 
-constexpr uint32_t kFrameMagic = 0x4654524du;  // "MRTF"
-constexpr int64_t kHandshakeTimeoutUs = 2'000'000;  // a connector that does not finish its handshake is dropped
-
-std::string errno_text(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
-
-int poll_timeout_ms(int64_t deadline_us) {
-  const int64_t left = deadline_us - steady_now_us();
-  if (left <= 0) return 0;
-  return static_cast<int>(std::min<int64_t>((left + 999) / 1000, 1'000'000));
-}
-
-void set_nonblocking(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL, 0) | O_NONBLOCK); }
-
-void tune_socket(int fd, int buffer_bytes) {
-  const int one = 1;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer_bytes, sizeof(buffer_bytes));
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof(buffer_bytes));
-}
-
+// What the acceptor checks in a connector's Hello, inside the handshake (so a refusal is
+// answered with its reason): the role, the view's epoch, then TcpTransport's stream rule.
 struct AcceptContext {
   uint64_t epoch;
-  PeerId self;
-  size_t peer_count;
-  size_t streams;
-  const std::vector<std::vector<void*>>* taken;  // [peer][stream] non-null once connected
+  const TcpHandshake::StreamCheck* streams;
 };
 
 std::string check_peer_hello(const Hello& hello, const void* context) {
@@ -58,321 +21,42 @@ std::string check_peer_hello(const Hello& hello, const void* context) {
   if (hello.epoch != c->epoch) {
     return "view epoch " + std::to_string(hello.epoch) + " differs from this peer's epoch " + std::to_string(c->epoch);
   }
-  if (hello.from_peer <= c->self || hello.from_peer >= c->peer_count || hello.stream >= c->streams) {
-    return "unexpected rank " + std::to_string(hello.from_peer) + " / stream " + std::to_string(hello.stream);
-  }
-  if ((*c->taken)[hello.from_peer][hello.stream] != nullptr) return "duplicate stream";
-  return {};
+  return (*c->streams)(hello.from_peer, hello.stream);
+}
+
+TcpTransportOptions tcp_options(const MeshTransportOptions& options) {
+  TcpTransportOptions o;
+  o.streams_per_peer = options.streams_per_peer;
+  o.max_message_bytes = options.max_message_bytes;
+  o.socket_buffer_bytes = options.socket_buffer_bytes;
+  o.close_linger_ms = 0;
+  o.handshake.connect = [token = options.token, epoch = options.epoch](int fd, PeerId self, PeerId peer, size_t stream,
+                                                                      const std::string& address, int64_t deadline_us,
+                                                                      bool* refused) {
+    Hello hello;
+    hello.role = Role::kPeerToPeer;
+    hello.epoch = epoch;
+    hello.from_peer = self;
+    hello.stream = static_cast<uint32_t>(stream);
+    return client_handshake(fd, token, hello, "peer " + std::to_string(peer) + " at " + address, deadline_us, refused);
+  };
+  o.handshake.accept = [token = options.token, epoch = options.epoch](
+                           int fd, const TcpHandshake::StreamCheck& check,
+                           int64_t deadline_us) -> Result<TcpHandshake::Accepted> {
+    const AcceptContext context{epoch, &check};
+    Result<Hello> hello = server_handshake(fd, token, &check_peer_hello, &context, deadline_us);
+    if (!hello) return hello.status();
+    return TcpHandshake::Accepted{hello->from_peer, hello->stream};
+  };
+  return o;
 }
 
 }  // namespace
 
-struct MeshTransport::Connection {
-  struct OutFrame {
-    uint32_t header[2] = {kFrameMagic, 0};
-    std::vector<std::byte> payload;
-    size_t sent = 0;  // bytes of header + payload already written
-  };
-
-  int fd = -1;
-  PeerId peer = kNoPeer;
-  size_t stream = 0;
-  std::deque<OutFrame> queued;   // guarded by mutex_: send() appends here
-  // Owned by the I/O thread:
-  bool open = true;
-  std::deque<OutFrame> writing;  // taken from `queued`, being written
-  uint32_t header[2] = {0, 0};
-  size_t header_got = 0;
-  bool in_payload = false;
-  std::vector<std::byte> payload;
-  size_t payload_got = 0;
-};
-
-MeshTransport::MeshTransport(const MeshTransportOptions& options, int listen_fd)
-    : options_(options), listen_fd_(listen_fd) {
-  MERIDIAN_ASSERT(options.streams_per_peer >= 1, "streams_per_peer must be >= 1");
-  MERIDIAN_ASSERT(::pipe2(wake_fds_, O_CLOEXEC | O_NONBLOCK) == 0, "pipe2: {}", std::strerror(errno));
-}
-
-MeshTransport::~MeshTransport() {
-  stop_ = true;
-  if (io_thread_.joinable()) {
-    wake_io();
-    io_thread_.join();
-  }
-  for (auto& c : connections_) {
-    if (c->fd >= 0) ::close(c->fd);
-  }
-  for (int fd : wake_fds_) {
-    if (fd >= 0) ::close(fd);
-  }
-}
-
-Status MeshTransport::connect_mesh(PeerId self, const std::vector<std::string>& peer_addresses, int64_t deadline_us) {
-  MERIDIAN_ASSERT(!io_thread_.joinable(), "connect_mesh called twice");
-  MERIDIAN_ASSERT(self < peer_addresses.size(), "self {} not among {} peers", self, peer_addresses.size());
-  self_ = self;
-  peer_count_ = peer_addresses.size();
-  const size_t streams = options_.streams_per_peer;
-  streams_.assign(peer_count_, std::vector<Connection*>(streams, nullptr));
-  lost_.assign(peer_count_, false);
-  next_stream_.assign(peer_count_, 0);
-  auto add_connection = [&](int fd, PeerId peer, size_t stream) {
-    set_nonblocking(fd);
-    auto c = std::make_unique<Connection>();
-    c->fd = fd;
-    c->peer = peer;
-    c->stream = stream;
-    streams_[peer][stream] = c.get();
-    connections_.push_back(std::move(c));
-  };
-
-  // Outbound first, to every peer of a smaller rank: the handshake needs the acceptor in its
-  // accept loop, and rank 0 accepts at once, rank 1 once it is connected to rank 0, and so on,
-  // so the order cannot deadlock. A refused connection or handshake (the acceptor is not
-  // listening yet, or is still on another view) is retried until the deadline.
-  for (PeerId peer = 0; peer < self; ++peer) {
-    for (size_t stream = 0; stream < streams; ++stream) {
-      Status last, refusal;  // a refusal says more than the timeouts that may follow it
-      int fd = -1;
-      for (;;) {
-        Result<int> connected = connect_tcp(peer_addresses[peer], deadline_us);
-        if (connected) {
-          fd = *connected;
-          tune_socket(fd, options_.socket_buffer_bytes);
-          Hello hello;
-          hello.role = Role::kPeerToPeer;
-          hello.epoch = options_.epoch;
-          hello.from_peer = self;
-          hello.stream = static_cast<uint32_t>(stream);
-          bool refused = false;
-          last = client_handshake(fd, options_.token, hello, "peer " + std::to_string(peer) + " at " + peer_addresses[peer],
-                                  deadline_us, &refused);
-          if (last.is_ok()) break;
-          if (refused) refusal = last;
-          ::close(fd);
-        } else {
-          last = connected.status();
-        }
-        if (steady_now_us() >= deadline_us) {
-          return Status::error("cannot connect to peer " + std::to_string(peer) + " at " + peer_addresses[peer] +
-                                   " before the deadline: " + (refusal.is_ok() ? last : refusal).message(),
-                               "check that the peer is running, reachable and in the same view");
-        }
-        pollfd none{-1, 0, 0};
-        ::poll(&none, 0, 20);  // back off before retrying
-      }
-      add_connection(fd, peer, stream);
-    }
-  }
-
-  // Inbound: every peer with a larger rank connects `streams` times and proves the token.
-  std::vector<std::vector<void*>> taken(peer_count_, std::vector<void*>(streams, nullptr));
-  const AcceptContext context{options_.epoch, self, peer_count_, streams, &taken};
-  size_t missing = (peer_count_ - 1 - self) * streams;
-  std::string last_refusal;
-  while (missing > 0) {
-    pollfd pfd{listen_fd_, POLLIN, 0};
-    if (::poll(&pfd, 1, poll_timeout_ms(deadline_us)) <= 0) {
-      std::string who;
-      for (PeerId p = self + 1; p < peer_count_; ++p) {
-        const size_t have = std::count_if(streams_[p].begin(), streams_[p].end(), [](Connection* c) { return c; });
-        if (have < streams) who += " " + std::to_string(p);
-      }
-      return Status::error("mesh incomplete at the deadline: no connection from peer(s)" + who +
-                               (last_refusal.empty() ? "" : " (last refused: " + last_refusal + ")"),
-                           "check that every peer got the same view and is running");
-    }
-    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) continue;
-    Result<Hello> hello = server_handshake(fd, options_.token, &check_peer_hello, &context,
-                                           std::min(deadline_us, steady_now_us() + kHandshakeTimeoutUs));
-    if (!hello) {  // garbage, wrong token or version, another view, a duplicate: refuse, keep waiting
-      if (hello.status().message() != last_refusal) {  // once per reason: a connector retries
-        last_refusal = hello.status().message();
-        std::fprintf(stderr, "meridian: refused a mesh connection: %s\n", last_refusal.c_str());
-      }
-      ::close(fd);
-      continue;
-    }
-    taken[hello->from_peer][hello->stream] = &taken;
-    add_connection(fd, hello->from_peer, hello->stream);
-    --missing;
-  }
-  io_thread_ = std::thread([this] { io_loop(); });
-  return Status::ok();
-}
-
-NetStatus MeshTransport::send(PeerId peer, std::vector<std::byte> bytes) {
-  MERIDIAN_ASSERT(io_thread_.joinable(), "send before connect_mesh");
-  MERIDIAN_ASSERT(peer < peer_count_ && peer != self_, "send from {} to invalid peer {} (of {})", self_, peer, peer_count_);
-  if (bytes.size() > options_.max_message_bytes) {
-    return NetStatus::error(NetCode::kMessageTooLarge, peer,
-                            std::to_string(bytes.size()) + " bytes > max " + std::to_string(options_.max_message_bytes));
-  }
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (lost_[peer]) return NetStatus::error(NetCode::kPeerLost, peer, "peer was declared lost");
-    Connection* c = streams_[peer][next_stream_[peer]++ % options_.streams_per_peer];
-    Connection::OutFrame f;
-    f.header[1] = static_cast<uint32_t>(bytes.size());
-    f.payload = std::move(bytes);
-    c->queued.push_back(std::move(f));
-  }
-  wake_io();
-  return NetStatus::ok();
-}
-
-NetStatus MeshTransport::recv(Message* message, int64_t deadline_us) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  const auto deadline = std::chrono::steady_clock::time_point(std::chrono::microseconds(deadline_us));
-  if (!inbox_cv_.wait_until(lock, deadline, [&] { return !inbox_.empty(); })) {
-    return NetStatus::error(NetCode::kTimeout, kNoPeer, "no message before the deadline");
-  }
-  Event e = std::move(inbox_.front());
-  inbox_.pop_front();
-  if (e.interrupted) return NetStatus::error(NetCode::kClosed, kNoPeer, e.detail);
-  if (e.peer_lost) return NetStatus::error(NetCode::kPeerLost, e.from, e.detail);
-  message->peer = e.from;
-  message->bytes = std::move(e.bytes);
-  return NetStatus::ok();
-}
-
-void MeshTransport::interrupt(const std::string& reason) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  Event e;
-  e.interrupted = true;
-  e.detail = reason;
-  inbox_.push_front(std::move(e));
-  inbox_cv_.notify_all();
-}
-
-void MeshTransport::clear_interrupts() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  std::erase_if(inbox_, [](const Event& e) { return e.interrupted; });
-}
-
-void MeshTransport::wake_io() {
-  const char b = 1;
-  [[maybe_unused]] const ssize_t n = ::write(wake_fds_[1], &b, 1);  // EAGAIN: a wake-up is already pending
-}
-
-void MeshTransport::lose_peer(PeerId peer, const std::string& detail) {
-  for (Connection* c : streams_[peer]) {
-    if (c->open) {
-      ::shutdown(c->fd, SHUT_RDWR);
-      c->open = false;
-    }
-    c->writing.clear();
-  }
-  std::lock_guard<std::mutex> lock(mutex_);
-  for (Connection* c : streams_[peer]) c->queued.clear();
-  if (lost_[peer]) return;
-  lost_[peer] = true;
-  inbox_.push_back(Event{peer, true, false, detail, {}});
-  inbox_cv_.notify_all();
-}
-
-void MeshTransport::io_loop() {
-  std::vector<pollfd> fds;
-  std::vector<Connection*> by_index;
-  while (!stop_) {
-    fds.assign(1, pollfd{wake_fds_[0], POLLIN, 0});
-    by_index.assign(1, nullptr);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      for (auto& c : connections_) {
-        while (!c->queued.empty()) {
-          c->writing.push_back(std::move(c->queued.front()));
-          c->queued.pop_front();
-        }
-      }
-    }
-    for (auto& c : connections_) {
-      if (!c->open) continue;
-      fds.push_back(pollfd{c->fd, static_cast<short>(POLLIN | (c->writing.empty() ? 0 : POLLOUT)), 0});
-      by_index.push_back(c.get());
-    }
-    if (::poll(fds.data(), fds.size(), -1) < 0) continue;  // EINTR
-    if (fds[0].revents & POLLIN) {
-      char drain[256];
-      while (::read(wake_fds_[0], drain, sizeof(drain)) > 0) {
-      }
-    }
-    for (size_t i = 1; i < fds.size(); ++i) {
-      Connection* c = by_index[i];
-      if (!c->open) continue;  // closed by lose_peer for another stream of the same peer
-      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) {
-        // Read what is there: frame header, then payload straight into its message buffer.
-        for (;;) {
-          ssize_t n;
-          if (!c->in_payload) {
-            n = ::recv(c->fd, reinterpret_cast<char*>(c->header) + c->header_got, 8 - c->header_got, MSG_DONTWAIT);
-          } else {
-            n = ::recv(c->fd, c->payload.data() + c->payload_got, c->payload.size() - c->payload_got, MSG_DONTWAIT);
-          }
-          if (n == 0) {
-            lose_peer(c->peer, "connection closed by the peer");
-            break;
-          }
-          if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
-            lose_peer(c->peer, errno_text("recv"));
-            break;
-          }
-          if (!c->in_payload) {
-            c->header_got += static_cast<size_t>(n);
-            if (c->header_got < 8) continue;
-            if (c->header[0] != kFrameMagic) {
-              lose_peer(c->peer, "garbage on stream " + std::to_string(c->stream) + " (bad frame magic)");
-              break;
-            }
-            if (c->header[1] > options_.max_message_bytes) {
-              lose_peer(c->peer, "frame of " + std::to_string(c->header[1]) + " bytes > max " +
-                                     std::to_string(options_.max_message_bytes));
-              break;
-            }
-            c->in_payload = true;
-            c->payload.assign(c->header[1], std::byte{0});
-            c->payload_got = 0;
-          } else {
-            c->payload_got += static_cast<size_t>(n);
-          }
-          if (c->in_payload && c->payload_got == c->payload.size()) {
-            std::lock_guard<std::mutex> lock(mutex_);
-            inbox_.push_back(Event{c->peer, false, false, {}, std::move(c->payload)});
-            inbox_cv_.notify_all();
-            c->payload = {};
-            c->in_payload = false;
-            c->header_got = 0;
-          }
-        }
-      }
-      if (c->open && (fds[i].revents & POLLOUT)) {
-        while (!c->writing.empty()) {
-          Connection::OutFrame& f = c->writing.front();
-          iovec iov[2];
-          int iovcnt = 0;
-          if (f.sent < 8) {
-            iov[iovcnt++] = iovec{reinterpret_cast<char*>(f.header) + f.sent, 8 - f.sent};
-            iov[iovcnt++] = iovec{f.payload.data(), f.payload.size()};
-          } else {
-            iov[iovcnt++] = iovec{f.payload.data() + (f.sent - 8), f.payload.size() - (f.sent - 8)};
-          }
-          msghdr msg{};
-          msg.msg_iov = iov;
-          msg.msg_iovlen = static_cast<size_t>(iovcnt);
-          const ssize_t n = ::sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-          if (n < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) lose_peer(c->peer, errno_text("send"));
-            break;
-          }
-          f.sent += static_cast<size_t>(n);
-          if (f.sent == 8 + f.payload.size()) c->writing.pop_front();
-        }
-      }
-    }
-  }
+MeshTransport::MeshTransport(const MeshTransportOptions& options, int listen_fd) {
+  Result<std::unique_ptr<TcpTransport>> tcp = TcpTransport::adopt_listener(tcp_options(options), listen_fd);
+  MERIDIAN_ASSERT(tcp, "mesh transport: {}", tcp ? std::string() : tcp.status().message());
+  tcp_ = std::move(*tcp);
 }
 
 }  // namespace meridian::net::membership

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 
 #include "core/assert.h"
@@ -24,7 +25,7 @@ namespace {
 constexpr uint32_t kHelloMagic = 0x4854524du;  // "MRTH"
 constexpr uint32_t kFrameMagic = 0x4654524du;  // "MRTF"
 constexpr uint16_t kTcpVersion = 1;
-constexpr int64_t kHelloTimeoutUs = 2'000'000;  // a connector that says nothing is dropped after this
+constexpr int64_t kHandshakeTimeoutUs = 2'000'000;  // a connector that does not finish its handshake is dropped
 
 struct Hello {
   uint32_t magic = kHelloMagic;
@@ -113,6 +114,30 @@ bool read_all(int fd, void* data, size_t size, int64_t deadline_us) {
   return true;
 }
 
+// The default handshake: the connector sends P2P_Hello, the acceptor checks it; no answer.
+Status plain_connect(int fd, PeerId self, PeerId peer, size_t stream, const std::string& address, int64_t deadline_us,
+                     bool* refused) {
+  *refused = false;
+  Hello hello;
+  hello.from_peer = self;
+  hello.stream = static_cast<uint32_t>(stream);
+  if (!write_all(fd, &hello, sizeof(hello), deadline_us)) {
+    return Status::error("cannot send hello to peer " + std::to_string(peer) + " at " + address);
+  }
+  return Status::ok();
+}
+
+Result<TcpHandshake::Accepted> plain_accept(int fd, const TcpHandshake::StreamCheck& check, int64_t deadline_us) {
+  Hello hello;
+  if (!read_all(fd, &hello, sizeof(hello), deadline_us)) return Status::error("no hello before the deadline");
+  if (hello.magic != kHelloMagic) return Status::error("garbage instead of a hello (bad magic)");
+  if (hello.version != kTcpVersion) {
+    return Status::error("hello version " + std::to_string(hello.version) + ", expected " + std::to_string(kTcpVersion));
+  }
+  if (std::string why = check(hello.from_peer, hello.stream); !why.empty()) return Status::error(why);
+  return TcpHandshake::Accepted{hello.from_peer, hello.stream};
+}
+
 }  // namespace
 
 struct TcpTransport::Connection {
@@ -139,26 +164,44 @@ struct TcpTransport::Connection {
 TcpTransport::TcpTransport(const TcpTransportOptions& options) : options_(options) {}
 
 Result<std::unique_ptr<TcpTransport>> TcpTransport::listen(const TcpTransportOptions& options) {
-  MERIDIAN_ASSERT(options.streams_per_peer >= 1, "streams_per_peer must be >= 1");
-  std::unique_ptr<TcpTransport> t(new TcpTransport(options));
   Result<sockaddr_in> addr = resolve(options.listen_host, options.listen_port);
   if (!addr) return addr.status();
-  t->listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (t->listen_fd_ < 0) return Status::error(errno_text("socket"));
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Status::error(errno_text("socket"));
+  std::unique_ptr<TcpTransport> t(new TcpTransport(options));
+  t->listen_fd_ = fd;  // closed by the destructor from here on
+  t->owns_listen_fd_ = true;
   const int one = 1;
-  ::setsockopt(t->listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  tune_socket(t->listen_fd_, options.socket_buffer_bytes);  // inherited by accepted sockets
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  tune_socket(fd, options.socket_buffer_bytes);  // inherited by accepted sockets
   const std::string where = options.listen_host + ":" + std::to_string(options.listen_port);
-  if (::bind(t->listen_fd_, reinterpret_cast<const sockaddr*>(&*addr), sizeof(sockaddr_in)) != 0) {
+  if (::bind(fd, reinterpret_cast<const sockaddr*>(&*addr), sizeof(sockaddr_in)) != 0) {
     return Status::error(errno_text(("bind " + where).c_str()), "pick another port, or 0 to let the OS choose");
   }
-  if (::listen(t->listen_fd_, 1024) != 0) return Status::error(errno_text(("listen " + where).c_str()));
+  if (::listen(fd, 1024) != 0) return Status::error(errno_text(("listen " + where).c_str()));
+  if (Status st = t->init_listener(fd, true); !st.is_ok()) return st;
+  return t;
+}
+
+Result<std::unique_ptr<TcpTransport>> TcpTransport::adopt_listener(const TcpTransportOptions& options, int listen_fd) {
+  MERIDIAN_ASSERT(listen_fd >= 0, "adopt_listener needs a listening socket");
+  std::unique_ptr<TcpTransport> t(new TcpTransport(options));
+  if (Status st = t->init_listener(listen_fd, false); !st.is_ok()) return st;
+  return t;
+}
+
+Status TcpTransport::init_listener(int listen_fd, bool owned) {
+  MERIDIAN_ASSERT(options_.streams_per_peer >= 1, "streams_per_peer must be >= 1");
+  MERIDIAN_ASSERT(static_cast<bool>(options_.handshake.connect) == static_cast<bool>(options_.handshake.accept),
+                  "a handshake needs both its connect and its accept hook");
+  listen_fd_ = listen_fd;
+  owns_listen_fd_ = owned;
   sockaddr_in bound{};
   socklen_t len = sizeof(bound);
-  ::getsockname(t->listen_fd_, reinterpret_cast<sockaddr*>(&bound), &len);
-  t->listen_port_ = ntohs(bound.sin_port);
-  if (::pipe2(t->wake_fds_, O_CLOEXEC | O_NONBLOCK) != 0) return Status::error(errno_text("pipe"));
-  return t;
+  ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&bound), &len);
+  listen_port_ = ntohs(bound.sin_port);
+  if (::pipe2(wake_fds_, O_CLOEXEC | O_NONBLOCK) != 0) return Status::error(errno_text("pipe"));
+  return Status::ok();
 }
 
 TcpTransport::~TcpTransport() {
@@ -171,7 +214,7 @@ TcpTransport::~TcpTransport() {
   for (auto& c : connections_) {
     if (c->fd >= 0) ::close(c->fd);
   }
-  if (listen_fd_ >= 0) ::close(listen_fd_);
+  if (listen_fd_ >= 0 && owns_listen_fd_) ::close(listen_fd_);
   for (int fd : wake_fds_) {
     if (fd >= 0) ::close(fd);
   }
@@ -186,6 +229,8 @@ Status TcpTransport::connect_mesh(PeerId self, const std::vector<std::string>& p
   streams_.assign(peer_count_, std::vector<Connection*>(streams, nullptr));
   lost_.assign(peer_count_, false);
   next_stream_.assign(peer_count_, 0);
+  const TcpHandshake::Connect handshake_connect = options_.handshake.connect ? options_.handshake.connect : plain_connect;
+  const TcpHandshake::Accept handshake_accept = options_.handshake.accept ? options_.handshake.accept : plain_accept;
   auto add_connection = [&](int fd, PeerId peer, size_t stream) {
     set_nonblocking(fd);
     auto c = std::make_unique<Connection>();
@@ -196,50 +241,67 @@ Status TcpTransport::connect_mesh(PeerId self, const std::vector<std::string>& p
     connections_.push_back(std::move(c));
   };
 
-  // Outbound first: connect() completes against the listener's backlog even before the peer
-  // calls accept(), so connecting first and accepting second cannot deadlock.
+  // Outbound first, to every peer of a smaller id: connect() completes against the listener's
+  // backlog even before the peer calls accept(), and a handshake that needs an answer waits
+  // for an acceptor that is already in its accept loop (id 0 accepts at once, id 1 once it is
+  // connected to id 0, and so on), so the order cannot deadlock. A refused connection or
+  // handshake (the peer does not listen yet, or is still on another view) is retried until the
+  // deadline.
   for (PeerId peer = 0; peer < self; ++peer) {
     Result<std::pair<std::string, uint16_t>> hp = split_host_port(peer_addresses[peer]);
     if (!hp) return hp.status();
     Result<sockaddr_in> addr = resolve(hp->first, hp->second);
     if (!addr) return addr.status();
     for (size_t stream = 0; stream < streams; ++stream) {
-      int fd = -1;
-      for (;;) {  // bounded by the deadline: the peer may not listen yet
-        fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+      Status last, refusal;  // a refusal says more than the timeouts that may follow it
+      for (;;) {
+        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (fd < 0) return Status::error(errno_text("socket"));
         tune_socket(fd, options_.socket_buffer_bytes);
         int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&*addr), sizeof(sockaddr_in));
+        int err = rc == 0 ? 0 : errno;
         if (rc != 0 && errno == EINPROGRESS) {
           pollfd pfd{fd, POLLOUT, 0};
-          rc = ::poll(&pfd, 1, poll_timeout_ms(deadline_us)) == 1 ? 0 : -1;
-          int err = 0;
-          socklen_t len = sizeof(err);
-          if (rc == 0 && (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0)) rc = -1;
+          if (::poll(&pfd, 1, poll_timeout_ms(deadline_us)) == 1) {
+            socklen_t len = sizeof(err);
+            if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+          } else {
+            err = ETIMEDOUT;
+          }
         }
-        if (rc == 0) break;
+        if (err == 0) {
+          bool refused = false;
+          last = handshake_connect(fd, self, peer, stream, peer_addresses[peer], deadline_us, &refused);
+          if (last.is_ok()) {
+            add_connection(fd, peer, stream);
+            break;
+          }
+          if (refused) refusal = last;
+        } else {
+          last = Status::error(std::string("connect: ") + std::strerror(err));
+        }
         ::close(fd);
         if (steady_now_us() >= deadline_us) {
           return Status::error("cannot connect to peer " + std::to_string(peer) + " at " + peer_addresses[peer] +
-                                   " before the deadline",
-                               "check that the peer is running and the address is reachable");
+                                   " before the deadline: " + (refusal.is_ok() ? last : refusal).message(),
+                               "check that the peer is running, reachable and in the same view");
         }
         pollfd none{-1, 0, 0};
-        ::poll(&none, 0, 20);  // back off before retrying a refused connection
+        ::poll(&none, 0, 20);  // back off before retrying
       }
-      Hello hello;
-      hello.from_peer = self;
-      hello.stream = static_cast<uint32_t>(stream);
-      if (!write_all(fd, &hello, sizeof(hello), deadline_us)) {
-        ::close(fd);
-        return Status::error("cannot send hello to peer " + std::to_string(peer) + " at " + peer_addresses[peer]);
-      }
-      add_connection(fd, peer, stream);
     }
   }
 
-  // Inbound: every peer with a larger id connects `streams` times.
+  // Inbound: every peer with a larger id connects `streams` times and completes the handshake.
+  const TcpHandshake::StreamCheck check = [&](uint64_t from_peer, uint64_t stream) -> std::string {
+    if (from_peer <= self || from_peer >= peer_count_ || stream >= streams) {
+      return "unexpected rank " + std::to_string(from_peer) + " / stream " + std::to_string(stream);
+    }
+    if (streams_[from_peer][stream] != nullptr) return "duplicate stream";
+    return {};
+  };
   size_t missing = (peer_count_ - 1 - self) * streams;
+  std::string last_refusal;
   while (missing > 0) {
     pollfd pfd{listen_fd_, POLLIN, 0};
     if (::poll(&pfd, 1, poll_timeout_ms(deadline_us)) <= 0) {
@@ -248,21 +310,27 @@ Status TcpTransport::connect_mesh(PeerId self, const std::vector<std::string>& p
         const size_t have = std::count_if(streams_[p].begin(), streams_[p].end(), [](Connection* c) { return c; });
         if (have < streams) who += " " + std::to_string(p);
       }
-      return Status::error("mesh incomplete at the deadline: no connection from peer(s)" + who,
-                           "check that every peer got the same address list and is running");
+      return Status::error("mesh incomplete at the deadline: no connection from peer(s)" + who +
+                               (last_refusal.empty() ? "" : " (last refused: " + last_refusal + ")"),
+                           "check that every peer got the same address list (view) and is running");
     }
-    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) continue;
-    Hello hello;
-    const bool ok = read_all(fd, &hello, sizeof(hello), std::min(deadline_us, steady_now_us() + kHelloTimeoutUs)) &&
-                    hello.magic == kHelloMagic && hello.version == kTcpVersion && hello.from_peer > self &&
-                    hello.from_peer < peer_count_ && hello.stream < streams &&
-                    streams_[hello.from_peer][hello.stream] == nullptr;
-    if (!ok) {  // garbage, wrong version, or a duplicate: close it and keep waiting
+    Result<TcpHandshake::Accepted> accepted =
+        handshake_accept(fd, check, std::min(deadline_us, steady_now_us() + kHandshakeTimeoutUs));
+    if (accepted && !check(accepted->from_peer, accepted->stream).empty()) {
+      accepted = Status::error(check(accepted->from_peer, accepted->stream));  // a hook that forgot to check
+    }
+    if (!accepted) {  // garbage, wrong version or token, another view, a duplicate: refuse, keep waiting
+      if (accepted.status().message() != last_refusal) {  // once per reason: a connector retries
+        last_refusal = accepted.status().message();
+        std::fprintf(stderr, "meridian: refused a mesh connection: %s\n", last_refusal.c_str());
+      }
       ::close(fd);
       continue;
     }
-    add_connection(fd, hello.from_peer, hello.stream);
+    tune_socket(fd, options_.socket_buffer_bytes);  // a borrowed listener was not tuned
+    add_connection(fd, accepted->from_peer, accepted->stream);
     --missing;
   }
   io_thread_ = std::thread([this] { io_loop(); });
@@ -297,10 +365,25 @@ NetStatus TcpTransport::recv(Message* message, int64_t deadline_us) {
   }
   Event e = std::move(inbox_.front());
   inbox_.pop_front();
+  if (e.interrupted) return NetStatus::error(NetCode::kClosed, kNoPeer, e.detail);
   if (e.peer_lost) return NetStatus::error(NetCode::kPeerLost, e.from, e.detail);
   message->peer = e.from;
   message->bytes = std::move(e.bytes);
   return NetStatus::ok();
+}
+
+void TcpTransport::interrupt(const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Event e;
+  e.interrupted = true;
+  e.detail = reason;
+  inbox_.push_front(std::move(e));
+  inbox_cv_.notify_all();
+}
+
+void TcpTransport::clear_interrupts() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::erase_if(inbox_, [](const Event& e) { return e.interrupted; });
 }
 
 void TcpTransport::wake_io() {
@@ -320,7 +403,7 @@ void TcpTransport::lose_peer(PeerId peer, const std::string& detail) {
   for (Connection* c : streams_[peer]) c->queued.clear();
   if (lost_[peer]) return;
   lost_[peer] = true;
-  inbox_.push_back(Event{peer, true, detail, {}});
+  inbox_.push_back(Event{peer, true, false, detail, {}});
   inbox_cv_.notify_all();
 }
 
@@ -400,7 +483,7 @@ void TcpTransport::io_loop() {
           }
           if (c->in_payload && c->payload_got == c->payload.size()) {
             std::lock_guard<std::mutex> lock(mutex_);
-            inbox_.push_back(Event{c->peer, false, {}, std::move(c->payload)});
+            inbox_.push_back(Event{c->peer, false, false, {}, std::move(c->payload)});
             inbox_cv_.notify_all();
             c->payload = {};
             c->in_payload = false;
