@@ -129,12 +129,7 @@ Config parse(int argc, char** argv) {
     if (*c.rank >= c.peers) usage("--rank outside --addresses");
   }
   if (c.peers < 1 || c.iters < 1) usage("--peers and --iters must be positive");
-  if (c.chunk_values == 0) {
-    // Pieces of about 64 KiB on the wire whatever the codec: small enough that a send window
-    // of a few pieces keeps a 100 Mbit/s link's queue short, large enough for 1 Gbit/s.
-    const size_t bytes_per_value = std::max<size_t>(1, encoded_size(c.codec, 1u << 16) >> 16);
-    c.chunk_values = (64u << 10) / bytes_per_value;
-  }
+  if (c.chunk_values == 0) c.chunk_values = piece_values_for(c.codec);
   return c;
 }
 

@@ -364,7 +364,7 @@ NetStatus Communicator::all_reduce(float* buffer, size_t count, Codec codec, Red
   AllReduceOptions ar;
   ar.codec = codec;
   ar.op = op;
-  ar.chunk_values = options_.chunk_values;
+  ar.chunk_values = options_.chunk_values > 0 ? options_.chunk_values : piece_values_for(codec);
   ar.timeout_ms = options_.op_timeout_ms;
   ar.op_id = op_id;
   AllReduceStats ar_stats;

@@ -76,7 +76,7 @@ struct CommunicatorOptions {
   std::string token;                        // the run token (see membership::read_token_file)
   std::string listen_address = "127.0.0.1:0";  // mesh port; 0: the OS picks
   size_t streams_per_peer = 2;
-  size_t chunk_values = 1u << 16;
+  size_t chunk_values = 0;                  // values per all-reduce piece; 0: ~64 KiB on the wire (piece_values_for)
   int64_t connect_timeout_ms = 10000;       // first registration
   int64_t topology_timeout_ms = 60000;      // one update_topology (barrier + mesh)
   int64_t op_timeout_ms = 60000;            // one all_reduce, final status included

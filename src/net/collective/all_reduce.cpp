@@ -384,4 +384,9 @@ NetStatus AllReduceRunner::run(const std::vector<PeerId>& members, std::span<flo
   return op.status();
 }
 
+size_t piece_values_for(Codec codec, size_t wire_bytes) {
+  const size_t bytes_per_value = std::max<size_t>(1, encoded_size(codec, 1u << 16) >> 16);
+  return std::max<size_t>(1, wire_bytes / bytes_per_value);
+}
+
 }  // namespace meridian::net

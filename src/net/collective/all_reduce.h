@@ -57,6 +57,11 @@ namespace meridian::net {
 
 enum class ReduceOp : uint8_t { kSum = 0, kMean = 1 };
 
+// Values per piece so that a piece is about `wire_bytes` on the wire with `codec`: small enough
+// that a send window of a few pieces keeps a 100 Mbit/s link's queue short, large enough for
+// 1 Gbit/s (docs/algorithms.md, "Efficiency on shaped links").
+size_t piece_values_for(Codec codec, size_t wire_bytes = 64u << 10);
+
 struct AllReduceOptions {
   Codec codec = Codec::kFp32;
   ReduceOp op = ReduceOp::kMean;
