@@ -2,6 +2,7 @@
 // special values, sizes, and decode_add == decode + add.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -172,6 +173,29 @@ TEST(net_Codec, Int8ErrorWithinHalfStepPerBlock) {
       for (size_t i = begin; i < end; ++i) {
         ASSERT_LE(std::fabs(static_cast<double>(out[i]) - v[i]), step * 0.5 * (1 + 1e-5)) << count << " " << i;
       }
+    }
+  }
+}
+
+TEST(net_Codec, Int8CodesEqualScalarReference) {
+  // The encoder's byte for every value equals nearbyint(clamp(x * 127 / amax)) (ties to even),
+  // computed here the plain way; block 0 is built of exact ties (amax = 127, so x * 127 / amax
+  // = x, and every x is k + 0.5), the others are random, the last block partial.
+  const size_t count = 3 * kInt8BlockValues + 77;
+  std::vector<float> v = random_values(count, 5, 4.0f);
+  v[0] = 127.0f;
+  for (size_t i = 1; i < kInt8BlockValues; ++i) v[i] = static_cast<float>(static_cast<int>(i % 253) - 126) + 0.5f;
+  Encoded e = encode_all(Codec::kInt8, v);
+  const size_t blocks = (count + kInt8BlockValues - 1) / kInt8BlockValues;
+  const int8_t* q = reinterpret_cast<const int8_t*>(e.bytes().data() + 4 * blocks);
+  for (size_t b = 0; b < blocks; ++b) {
+    const size_t begin = b * kInt8BlockValues, end = std::min(count, begin + kInt8BlockValues);
+    float amax = 0;
+    for (size_t i = begin; i < end; ++i) amax = std::max(amax, std::fabs(v[i]));
+    const float inv_scale = 127.0f / amax;
+    for (size_t i = begin; i < end; ++i) {
+      const float scaled = std::clamp(v[i] * inv_scale, -127.0f, 127.0f);
+      ASSERT_EQ(static_cast<int>(q[i]), static_cast<int>(std::nearbyint(scaled))) << "value " << i << " = " << v[i];
     }
   }
 }
