@@ -12,13 +12,15 @@
 
 #include "core/status.h"
 #include "net/membership/wire.h"
+#include "net/transport/socket_util.h"
 
 namespace meridian::net::membership {
 
-int64_t steady_now_us();
-
-// "host:port" -> (host, port). port 0 is allowed only when allow_port_zero (listen addresses).
-Result<std::pair<std::string, uint16_t>> split_host_port(const std::string& address, bool allow_port_zero = false);
+// The shared socket helpers (net/transport/socket_util.h), also under this namespace.
+using net::read_all;
+using net::split_host_port;
+using net::steady_now_us;
+using net::write_all;
 
 // Binds and listens on "host:port" (port 0: the OS picks). Returns the fd and the bound
 // address "host:port" with the real port.
@@ -39,7 +41,6 @@ struct ReadResult {
   std::string detail;
 };
 
-bool write_all(int fd, const void* data, size_t size, int64_t deadline_us);
 // Reads whole frames into `reader` until one payload is available or the deadline passes.
 ReadResult read_frame(int fd, FrameReader& reader, std::vector<std::byte>* payload, int64_t deadline_us);
 

@@ -1,5 +1,7 @@
 #include "net/transport/tcp_transport.h"
 
+#include "net/transport/socket_util.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -38,14 +40,6 @@ static_assert(sizeof(Hello) == 16, "P2P_Hello is 16 bytes");
 
 std::string errno_text(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
 
-int64_t steady_now_us() { return SteadyClock().now_us(); }
-
-int poll_timeout_ms(int64_t deadline_us) {
-  const int64_t left = deadline_us - steady_now_us();
-  if (left <= 0) return 0;
-  return static_cast<int>(std::min<int64_t>((left + 999) / 1000, 1'000'000));
-}
-
 void set_nonblocking(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL, 0) | O_NONBLOCK); }
 
 void tune_socket(int fd, int buffer_bytes) {
@@ -53,65 +47,6 @@ void tune_socket(int fd, int buffer_bytes) {
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer_bytes, sizeof(buffer_bytes));
   ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof(buffer_bytes));
-}
-
-Result<sockaddr_in> resolve(const std::string& host, uint16_t port) {
-  addrinfo hints{};
-  hints.ai_family = AF_INET;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  const int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &res);
-  if (rc != 0 || res == nullptr) {
-    return Status::error("cannot resolve host '" + host + "': " + ::gai_strerror(rc));
-  }
-  sockaddr_in addr = *reinterpret_cast<const sockaddr_in*>(res->ai_addr);
-  ::freeaddrinfo(res);
-  addr.sin_port = htons(port);
-  return addr;
-}
-
-Result<std::pair<std::string, uint16_t>> split_host_port(const std::string& address) {
-  const size_t colon = address.rfind(':');
-  if (colon == std::string::npos || colon + 1 == address.size()) {
-    return Status::error("address '" + address + "' is not host:port", "write it as 127.0.0.1:4000");
-  }
-  const unsigned long port = std::strtoul(address.c_str() + colon + 1, nullptr, 10);
-  if (port == 0 || port > 65535) return Status::error("address '" + address + "' has no valid port");
-  return std::make_pair(address.substr(0, colon), static_cast<uint16_t>(port));
-}
-
-// Writes all of `size` bytes before the deadline (used for the hello only).
-bool write_all(int fd, const void* data, size_t size, int64_t deadline_us) {
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    const ssize_t n = ::send(fd, p, size, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      p += n;
-      size -= static_cast<size_t>(n);
-      continue;
-    }
-    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return false;
-    pollfd pfd{fd, POLLOUT, 0};
-    if (::poll(&pfd, 1, poll_timeout_ms(deadline_us)) <= 0) return false;
-  }
-  return true;
-}
-
-bool read_all(int fd, void* data, size_t size, int64_t deadline_us) {
-  char* p = static_cast<char*>(data);
-  while (size > 0) {
-    const ssize_t n = ::recv(fd, p, size, MSG_DONTWAIT);
-    if (n > 0) {
-      p += n;
-      size -= static_cast<size_t>(n);
-      continue;
-    }
-    if (n == 0) return false;
-    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return false;
-    pollfd pfd{fd, POLLIN, 0};
-    if (::poll(&pfd, 1, poll_timeout_ms(deadline_us)) <= 0) return false;
-  }
-  return true;
 }
 
 // The default handshake: the connector sends P2P_Hello, the acceptor checks it; no answer.
