@@ -9,6 +9,8 @@
 // registry once), never the network afterwards.
 #include <gtest/gtest.h>
 
+#include "support/test_util.h"
+
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -23,28 +25,13 @@
 namespace meridian::data {
 namespace {
 
+using meridian::test_support::base64;
+
 namespace fs = std::filesystem;
 
 const std::string kSourceDir = MERIDIAN_SOURCE_DIR;
 const std::string kVocabDir = kSourceDir + "/data/tokenizers/llama3";
 
-std::string base64(std::string_view bytes) {
-  static const char* kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (unsigned char c : bytes) {
-    acc = (acc << 8) | c;
-    bits += 8;
-    while (bits >= 6) {
-      bits -= 6;
-      out += kAlphabet[(acc >> bits) & 63];
-    }
-  }
-  if (bits > 0) out += kAlphabet[(acc << (6 - bits)) & 63];
-  while (out.size() % 4 != 0) out += '=';
-  return out;
-}
 
 std::vector<std::string> hand_written_inputs() {
   return {

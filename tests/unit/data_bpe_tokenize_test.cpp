@@ -2,6 +2,8 @@
 // thread count, documents decode back to their text, and progress is reported up to done.
 #include <gtest/gtest.h>
 
+#include "support/test_util.h"
+
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -20,21 +22,7 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string ranks_line(const std::string& bytes, int rank) {
-  static const char* kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (unsigned char c : bytes) {
-    acc = (acc << 8) | c;
-    bits += 8;
-    while (bits >= 6) {
-      bits -= 6;
-      out += kAlphabet[(acc >> bits) & 63];
-    }
-  }
-  if (bits > 0) out += kAlphabet[(acc << (6 - bits)) & 63];
-  while (out.size() % 4 != 0) out += '=';
-  return out + " " + std::to_string(rank) + "\n";
+  return meridian::test_support::base64(bytes) + " " + std::to_string(rank) + "\n";
 }
 
 std::unique_ptr<BpeTokenizer> small_bpe() {
