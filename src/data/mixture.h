@@ -19,7 +19,7 @@
 // it resumes the stream bit-exactly (to_json/from_json give a versioned text form for checkpoints).
 //
 // Cost per row: O(W * S) integer operations (S sources) plus one sequence read.
-// Not here: config parsing (the lead's src/config wires `data.mixture`), tokenization.
+// Not here: config parsing (src/config parses `data.mixture`, src/train opens the loader), tokenization.
 #pragma once
 
 #include <cstdint>
