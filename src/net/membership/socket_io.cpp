@@ -44,17 +44,7 @@ Result<int> connect_tcp(const std::string& address, int64_t deadline_us) {
   if (fd < 0) return Status::error(std::string("socket: ") + std::strerror(errno));
   const int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&*addr), sizeof(sockaddr_in));
-  int err = rc == 0 ? 0 : errno;
-  if (rc != 0 && errno == EINPROGRESS) {
-    pollfd pfd{fd, POLLOUT, 0};
-    if (::poll(&pfd, 1, poll_timeout_ms(deadline_us)) == 1) {
-      socklen_t len = sizeof(err);
-      if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-    } else {
-      err = ETIMEDOUT;
-    }
-  }
+  const int err = connect_by_deadline(fd, *addr, deadline_us);
   if (err != 0) {
     ::close(fd);
     return Status::error("cannot connect to " + address + ": " + std::strerror(err));

@@ -46,6 +46,18 @@ Result<sockaddr_in> resolve(const std::string& host, uint16_t port) {
   return addr;
 }
 
+int connect_by_deadline(int fd, const sockaddr_in& addr, int64_t deadline_us) {
+  const int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(sockaddr_in));
+  if (rc == 0) return 0;
+  if (errno != EINPROGRESS) return errno;
+  pollfd pfd{fd, POLLOUT, 0};
+  if (::poll(&pfd, 1, poll_timeout_ms(deadline_us)) != 1) return ETIMEDOUT;
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return errno;
+  return err;
+}
+
 bool write_all(int fd, const void* data, size_t size, int64_t deadline_us) {
   const char* p = static_cast<const char*>(data);
   while (size > 0) {

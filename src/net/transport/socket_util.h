@@ -23,6 +23,10 @@ Result<std::pair<std::string, uint16_t>> split_host_port(const std::string& addr
 // IPv4 address of host (a name or a dotted quad) with the port set.
 Result<sockaddr_in> resolve(const std::string& host, uint16_t port);
 
+// Connects the non-blocking socket fd to addr, waiting until the deadline. Returns 0 or the
+// errno of the failure (ETIMEDOUT when the deadline passed).
+int connect_by_deadline(int fd, const sockaddr_in& addr, int64_t deadline_us);
+
 // Writes / reads exactly `size` bytes on a non-blocking socket, waiting with poll() until the
 // deadline. false: the deadline passed, the peer closed, or a socket error.
 bool write_all(int fd, const void* data, size_t size, int64_t deadline_us);

@@ -193,17 +193,7 @@ Status TcpTransport::connect_mesh(PeerId self, const std::vector<std::string>& p
         const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (fd < 0) return Status::error(errno_text("socket"));
         tune_socket(fd, options_.socket_buffer_bytes);
-        int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&*addr), sizeof(sockaddr_in));
-        int err = rc == 0 ? 0 : errno;
-        if (rc != 0 && errno == EINPROGRESS) {
-          pollfd pfd{fd, POLLOUT, 0};
-          if (::poll(&pfd, 1, poll_timeout_ms(deadline_us)) == 1) {
-            socklen_t len = sizeof(err);
-            if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-          } else {
-            err = ETIMEDOUT;
-          }
-        }
+        const int err = connect_by_deadline(fd, *addr, deadline_us);
         if (err == 0) {
           bool refused = false;
           last = handshake_connect(fd, self, peer, stream, peer_addresses[peer], deadline_us, &refused);
