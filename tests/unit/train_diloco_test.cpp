@@ -45,6 +45,23 @@ Config diloco_config(const TempDir& dir, int64_t steps, int64_t inner_steps) {
   return c;
 }
 
+// Trains `with` (diloco.enabled) and the same config without the outer loop, quietly and
+// without run directories; returns both trainers after their runs.
+std::pair<std::unique_ptr<train::Trainer>, std::unique_ptr<train::Trainer>> run_with_and_without(const Config& with) {
+  train::TrainerOptions quiet;
+  quiet.out = nullptr;
+  quiet.write_run_dir = false;
+  Config without = with;
+  without.diloco.enabled = false;
+  auto a = train::Trainer::create(with, quiet);
+  auto b = train::Trainer::create(without, quiet);
+  EXPECT_TRUE(a.is_ok() && b.is_ok());
+  if (!a.is_ok() || !b.is_ok()) return {};
+  EXPECT_TRUE(a.value()->run().is_ok());
+  EXPECT_TRUE(b.value()->run().is_ok());
+  return {std::move(a.value()), std::move(b.value())};
+}
+
 }  // namespace
 
 TEST(Diloco, OuterStepMatchesLibtorchNesterovSgd) {
@@ -76,21 +93,13 @@ TEST(Diloco, OuterStepMatchesLibtorchNesterovSgd) {
 TEST(Diloco, UnitOuterLrWithoutMomentumIsPlainTraining) {
   TempDir dir;
   write_text_shard(dir.file("train.tok"), 200);
-  train::TrainerOptions quiet;
-  quiet.out = nullptr;
-  quiet.write_run_dir = false;
   Config with = diloco_config(dir, 12, 4);
   with.diloco.outer_lr = 1.0;
   with.diloco.outer_momentum = 0.0;
-  Config without = with;
-  without.diloco.enabled = false;
-  auto a = train::Trainer::create(with, quiet);
-  auto b = train::Trainer::create(without, quiet);
-  ASSERT_TRUE(a.is_ok() && b.is_ok());
-  ASSERT_TRUE(a.value()->run().is_ok());
-  ASSERT_TRUE(b.value()->run().is_ok());
-  for (auto& item : a.value()->model()->named_parameters()) {
-    auto other = b.value()->model()->named_parameters()[item.key()];
+  auto [a, b] = run_with_and_without(with);
+  ASSERT_TRUE(a && b);
+  for (auto& item : a->model()->named_parameters()) {
+    auto other = b->model()->named_parameters()[item.key()];
     EXPECT_TRUE(torch::allclose(item.value(), other, 1e-5, 1e-6)) << item.key();
   }
 }
@@ -98,18 +107,9 @@ TEST(Diloco, UnitOuterLrWithoutMomentumIsPlainTraining) {
 TEST(Diloco, OuterStepsChangeTheTrajectory) {
   TempDir dir;
   write_text_shard(dir.file("train.tok"), 200);
-  train::TrainerOptions quiet;
-  quiet.out = nullptr;
-  quiet.write_run_dir = false;
-  Config with = diloco_config(dir, 8, 4);
-  Config without = with;
-  without.diloco.enabled = false;
-  auto a = train::Trainer::create(with, quiet);
-  auto b = train::Trainer::create(without, quiet);
-  ASSERT_TRUE(a.is_ok() && b.is_ok());
-  ASSERT_TRUE(a.value()->run().is_ok());
-  ASSERT_TRUE(b.value()->run().is_ok());
-  EXPECT_NE(a.value()->state_hash(), b.value()->state_hash());
+  auto [a, b] = run_with_and_without(diloco_config(dir, 8, 4));
+  ASSERT_TRUE(a && b);
+  EXPECT_NE(a->state_hash(), b->state_hash());
 }
 
 TEST(Diloco, ResumeMidRoundIsBitExact) {
