@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <numeric>
 #include <cmath>
 #include <filesystem>
@@ -167,36 +168,31 @@ Status Trainer::init_val_data() {
 }
 
 void Trainer::next_train_batch(torch::Tensor& inputs, torch::Tensor& targets) {
-  if (!mixture_) {
-    next_batch(train_data_ ? &*train_data_ : nullptr, inputs, targets);
-    return;
+  const int64_t B = config_.train.batch_size;
+  if (mixture_) {
+    next_batch([&](int64_t* in, int64_t* tg) { mixture_->next_batch(B, in, tg); }, inputs, targets);
+  } else if (train_data_) {
+    next_batch([&](int64_t* in, int64_t* tg) { train_data_->next_batch(B, in, tg); }, inputs, targets);
+  } else {
+    // Synthetic tokens from our own RNG: benchmarks measure compute, not data.
+    SplitMix64 rng(static_cast<uint64_t>(config_.train.seed) * 1000003 + synthetic_counter_++);
+    const auto V = static_cast<uint64_t>(config_.model.vocab_size);
+    next_batch(
+        [&](int64_t* in, int64_t* tg) {
+          for (int64_t i = 0; i < B * config_.train.seq_len; ++i) {
+            in[i] = static_cast<int64_t>(rng.below(V));
+            tg[i] = static_cast<int64_t>(rng.below(V));
+          }
+        },
+        inputs, targets);
   }
-  const auto B = config_.train.batch_size, T = config_.train.seq_len;
-  inputs = torch::empty({B, T}, torch::kInt64);
-  targets = torch::empty({B, T}, torch::kInt64);
-  mixture_->next_batch(B, inputs.data_ptr<int64_t>(), targets.data_ptr<int64_t>());
-  inputs = inputs.to(device_);
-  targets = targets.to(device_);
 }
 
-void Trainer::next_batch(data::TokenLoader* loader, torch::Tensor& inputs, torch::Tensor& targets) {
+void Trainer::next_batch(const std::function<void(int64_t*, int64_t*)>& fill, torch::Tensor& inputs, torch::Tensor& targets) {
   const auto B = config_.train.batch_size, T = config_.train.seq_len;
   inputs = torch::empty({B, T}, torch::kInt64);
   targets = torch::empty({B, T}, torch::kInt64);
-  if (loader) {
-    loader->next_batch(B, inputs.data_ptr<int64_t>(), targets.data_ptr<int64_t>());
-    inputs = inputs.to(device_);
-    targets = targets.to(device_);
-    return;
-  }
-  // Synthetic tokens from our own RNG: benchmarks measure compute, not data.
-  SplitMix64 rng(static_cast<uint64_t>(config_.train.seed) * 1000003 + synthetic_counter_++);
-  auto* in = inputs.data_ptr<int64_t>();
-  auto* tg = targets.data_ptr<int64_t>();
-  for (int64_t i = 0; i < B * T; ++i) {
-    in[i] = static_cast<int64_t>(rng.below(static_cast<uint64_t>(config_.model.vocab_size)));
-    tg[i] = static_cast<int64_t>(rng.below(static_cast<uint64_t>(config_.model.vocab_size)));
-  }
+  fill(inputs.data_ptr<int64_t>(), targets.data_ptr<int64_t>());
   inputs = inputs.to(device_);
   targets = targets.to(device_);
 }
@@ -250,7 +246,7 @@ std::optional<double> Trainer::evaluate(int64_t batches) {
   double sum = 0;
   for (int64_t i = 0; i < batches; ++i) {
     torch::Tensor inputs, targets;
-    next_batch(&*val_data_, inputs, targets);
+    next_batch([&](int64_t* in, int64_t* tg) { val_data_->next_batch(config_.train.batch_size, in, tg); }, inputs, targets);
     AutocastGuard autocast(config_.train.bf16, device_.is_cuda());
     sum += model::lm_loss(model_->forward(inputs), targets, 0.0).ce.item<double>();
   }

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -85,7 +86,8 @@ class Trainer {
   Status init_data();
   Status init_val_data();
   Status load(const std::string& checkpoint_dir);
-  void next_batch(data::TokenLoader* loader, torch::Tensor& inputs, torch::Tensor& targets);
+  // Allocates [B, T] int64 inputs and targets, lets `fill` write them, moves them to the device.
+  void next_batch(const std::function<void(int64_t*, int64_t*)>& fill, torch::Tensor& inputs, torch::Tensor& targets);
   void next_train_batch(torch::Tensor& inputs, torch::Tensor& targets);  // mixture, shards or synthetic
   void log_step(const StepMetrics& m, double eta_seconds);
 
