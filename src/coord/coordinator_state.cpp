@@ -133,6 +133,7 @@ void CoordinatorState::on_message(ConnId conn, const wire::ControlMessage& messa
     }
     p->at_barrier = true;
     p->min_members = u->min_members;
+    p->admit_joiners = u->admit_joiners;
     try_complete_barrier(out);
     return;
   }
@@ -305,10 +306,12 @@ uint64_t CoordinatorState::next_epoch() {
 void CoordinatorState::try_complete_barrier(Out& out) {
   size_t members = 0, members_waiting = 0, joiners_waiting = 0;
   uint32_t need = 0;
+  bool admit = true;
   for (const auto& [id, p] : peers_) {
     if (p.phase == PeerPhase::kMember) {
       ++members;
       members_waiting += p.at_barrier ? 1 : 0;
+      admit &= p.admit_joiners;
     } else if (p.at_barrier) {
       ++joiners_waiting;
     }
@@ -317,6 +320,7 @@ void CoordinatorState::try_complete_barrier(Out& out) {
   if (members_waiting < members) return;          // a member has not called update_topology yet
   if (members + joiners_waiting == 0) return;     // nobody waits
   if (members + joiners_waiting < need) return;   // bootstrap: not enough peers yet
+  if (members > 0 && !admit) joiners_waiting = 0;  // a retry mid-round: joiners wait for the next barrier
   if (joiners_waiting > 0) {
     std::vector<wire::ViewMember> next = view_.members;
     std::string who;

@@ -10,7 +10,9 @@
 //   * Barrier: a peer calls update_topology (C2M_UpdateTopology). When every member of the
 //     current view has called it (a barrier per epoch), the joiners that called it too are
 //     admitted: if that changes the member set, the epoch increases by one (round 1), else the
-//     round increases by one; every peer at the barrier gets M2C_View{barrier = true}. With no members (the start of a run), joiners at
+//     round increases by one; every peer at the barrier gets M2C_View{barrier = true}. A member
+//     may ask for a barrier without admissions (admit_joiners = false, a retry mid-round): if
+//     any member at the barrier asks so, the joiners keep waiting for the next barrier. With no members (the start of a run), joiners at
 //     the barrier are admitted as soon as they are at least the largest min_members asked for.
 //   * Eviction: a peer not heard from (any message counts) for heartbeat_timeout is removed at
 //     the next Tick; a peer whose connection closes, or that sends C2M_Leave, is removed at
@@ -147,6 +149,7 @@ class CoordinatorState {
     int64_t last_heard_us = 0;
     bool at_barrier = false;
     uint32_t min_members = 0;
+    bool admit_joiners = true;   // as asked at this barrier (members only)
   };
   struct OpRecord {
     uint64_t epoch = 0;

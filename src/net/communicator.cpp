@@ -233,10 +233,10 @@ void Communicator::on_control_message(const ms::ControlMessage& m) {
 
 // ---- the caller's API ------------------------------------------------------------------------
 
-Status Communicator::update_topology(size_t min_members) {
+Status Communicator::update_topology(size_t min_members, bool admit_joiners) {
   if (left_) return Status::error("update_topology after leave()");
   const int64_t deadline = ms::steady_now_us() + options_.topology_timeout_ms * 1000;
-  ms::C2M_UpdateTopology request{view_.epoch, static_cast<uint32_t>(min_members)};
+  ms::C2M_UpdateTopology request{view_.epoch, static_cast<uint32_t>(min_members), admit_joiners};
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!fatal_.is_ok()) return fatal_;

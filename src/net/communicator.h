@@ -122,8 +122,9 @@ class Communicator {
 
   // Barrier with the other members: returns once the coordinator published the next view
   // (joiners admitted) and the mesh for it is built. min_members: wait until the view would
-  // hold at least that many peers (start of a run of known size).
-  Status update_topology(size_t min_members = 0);
+  // hold at least that many peers (start of a run of known size). admit_joiners = false: the
+  // view keeps its members (minus the lost ones) and joiners wait for a later barrier.
+  Status update_topology(size_t min_members = 0, bool admit_joiners = true);
 
   // Sum or mean of `count` floats across the view's members. On error the buffer is unchanged.
   NetStatus all_reduce(float* buffer, size_t count, Codec codec, ReduceOp op, OpStats* stats = nullptr);

@@ -128,6 +128,33 @@ TEST(CoordState, JoinersWaitForTheBarrierOfAllMembers) {
   EXPECT_EQ(same->view.epoch, e1 + 1);
 }
 
+TEST(CoordState, BarrierWithoutAdmissionsKeepsJoinersWaiting) {
+  Harness h;
+  form_view(h, 2);
+  const uint64_t e = h.state.view().epoch;
+  const auto members = ids(h.state.view());
+  h.clear();
+  const PeerId joiner = h.join(3, "127.0.0.1:1003");
+  h.feed(3, w::C2M_UpdateTopology{0, 0});
+  // One member retries mid-round and asks for no admissions: the barrier completes for the
+  // members alone, the joiner keeps waiting.
+  h.feed(10, w::C2M_UpdateTopology{e, 0, false});
+  h.feed(11, w::C2M_UpdateTopology{e, 0});
+  auto v = h.last<w::M2C_View>(10);
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->view.epoch, e);
+  EXPECT_EQ(ids(v->view), members);
+  EXPECT_FALSE(h.last<w::M2C_View>(3).has_value());
+  // The next ordinary barrier admits it.
+  h.clear();
+  h.feed(10, w::C2M_UpdateTopology{e, 0});
+  h.feed(11, w::C2M_UpdateTopology{e, 0});
+  auto admitted = h.last<w::M2C_View>(3);
+  ASSERT_TRUE(admitted);
+  EXPECT_EQ(admitted->view.epoch, e + 1);
+  EXPECT_EQ(ids(admitted->view).back(), joiner);
+}
+
 TEST(CoordState, SilentPeerEvictedAtTheHeartbeatTimeout) {
   Harness h;
   form_view(h, 3);

@@ -51,6 +51,7 @@ std::vector<ControlMessage> samples() {
           C2M_Join{5, "127.0.0.1:5000", v},
           C2M_Heartbeat{},
           C2M_UpdateTopology{42, 3},
+          C2M_UpdateTopology{42, 0, false},
           C2M_Leave{},
           C2M_OpBegin{42, 17},
           C2M_OpResult{42, 17, false, "peer_lost (peer 2)"},

@@ -170,6 +170,7 @@ struct Encoder {
     Writer w(MsgType::kC2M_UpdateTopology);
     w.u64(m.epoch);
     w.u32(m.min_members);
+    w.u8(m.admit_joiners ? 1 : 0);
     return w.take();
   }
   std::vector<std::byte> operator()(const C2M_Leave&) const { return Writer(MsgType::kC2M_Leave).take(); }
@@ -391,6 +392,9 @@ Result<ControlMessage> decode_message(std::span<const std::byte> payload) {
       C2M_UpdateTopology m;
       m.epoch = r.u64();
       m.min_members = r.u32();
+      const uint8_t admit = r.u8();
+      if (admit > 1 && r.ok()) return Status::error("C2M_UpdateTopology: bad flag");
+      m.admit_joiners = admit == 1;
       return finish(r, m, "C2M_UpdateTopology");
     }
     case MsgType::kC2M_Leave:

@@ -38,7 +38,7 @@
 namespace meridian::net::membership {
 
 inline constexpr uint32_t kControlFrameMagic = 0x4643524du;  // "MRCF" little-endian
-inline constexpr uint16_t kProtocolVersion = 1;
+inline constexpr uint16_t kProtocolVersion = 2;
 inline constexpr size_t kFrameHeaderBytes = 8;
 inline constexpr size_t kMaxControlMessageBytes = 1u << 20;
 inline constexpr size_t kMaxStringBytes = 4096;
@@ -131,6 +131,9 @@ struct C2M_Heartbeat {
 struct C2M_UpdateTopology {
   uint64_t epoch = 0;  // the epoch of the view the peer holds
   uint32_t min_members = 0;
+  // false: complete this barrier without admitting joiners (they wait for the next one); a
+  // trainer retrying an operation mid-round uses it, since a joiner has nothing to contribute yet.
+  bool admit_joiners = true;
   bool operator==(const C2M_UpdateTopology&) const = default;
 };
 struct C2M_Leave {
