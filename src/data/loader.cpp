@@ -99,21 +99,35 @@ void TokenLoader::read_tokens(uint64_t begin, uint64_t n, int64_t* out) const {
   }
 }
 
-void TokenLoader::next_batch(int64_t batch, int64_t* inputs, int64_t* targets) {
+void TokenLoader::next_batch(int64_t batch, int64_t* inputs, int64_t* targets, uint64_t* sequences) {
   MERIDIAN_ASSERT(batch >= 0, "batch {} must be non-negative", batch);
   MERIDIAN_ASSERT(permutation_epoch_ == cursor_.epoch, "permutation of epoch {} but cursor at epoch {}", permutation_epoch_,
                   cursor_.epoch);
   const uint64_t T = static_cast<uint64_t>(seq_len_);
   for (int64_t b = 0; b < batch; ++b) {
-    const uint64_t start = permutation_[cursor_.position] * T;
-    read_tokens(start, T, inputs + b * seq_len_);
-    read_tokens(start + 1, T, targets + b * seq_len_);
+    skip(static_cast<uint64_t>(rank_));  // the rows of lower ranks
+    const uint64_t sequence = permutation_[cursor_.position];
+    if (sequences) sequences[b] = sequence;
+    read_tokens(sequence * T, T, inputs + b * seq_len_);
+    read_tokens(sequence * T + 1, T, targets + b * seq_len_);
+    skip(static_cast<uint64_t>(world_ - rank_));  // ours and those of higher ranks
+  }
+}
+
+void TokenLoader::skip(uint64_t n) {
+  for (uint64_t i = 0; i < n; ++i) {
     if (++cursor_.position == num_sequences_) {
       cursor_.position = 0;
       ++cursor_.epoch;
       build_permutation(cursor_.epoch);
     }
   }
+}
+
+void TokenLoader::set_shard(int rank, int world) {
+  MERIDIAN_ASSERT(world >= 1 && rank >= 0 && rank < world, "shard rank {} of world {}", rank, world);
+  rank_ = rank;
+  world_ = world;
 }
 
 uint64_t TokenLoader::peek_sequence() const { return permutation_[cursor_.position]; }

@@ -9,6 +9,10 @@
 // Order: epoch e visits every sequence once, in the permutation given by a Fisher-Yates shuffle
 // driven by SplitMix64(seed ^ mix(e)) (our own RNG, so the order is the same on every platform).
 // Cursor: (epoch, position within the epoch's permutation).
+// Nodes (set_shard): with world W, each batch row consumes the next W sequences of the order and
+// rank r reads the r-th of them, so ranks that start from the same cursor and take the same
+// number of rows read disjoint sequences and end with the same cursor (the one a single node
+// would reach after W times as many rows).
 #pragma once
 
 #include <cstdint>
@@ -33,8 +37,15 @@ class TokenLoader {
   // corrupt shard, fewer tokens than one sequence, shards of different vocabularies.
   static Result<TokenLoader> open(const std::string& path, int64_t seq_len, uint64_t seed);
 
-  // Fills inputs and targets, each [batch, seq_len] int64 row-major, and advances the cursor.
-  void next_batch(int64_t batch, int64_t* inputs, int64_t* targets);
+  // Fills inputs and targets, each [batch, seq_len] int64 row-major, and advances the cursor
+  // (by batch * world sequences). If `sequences` is given it receives each row's sequence index.
+  void next_batch(int64_t batch, int64_t* inputs, int64_t* targets, uint64_t* sequences = nullptr);
+  // Advances the cursor past n sequences without reading them.
+  void skip(uint64_t n);
+  // This node's share of the stream (see the file comment); 0 <= rank < world, asserted.
+  void set_shard(int rank, int world);
+  int rank() const { return rank_; }
+  int world() const { return world_; }
   // The same sequence index the next call would read, without advancing (for tests).
   uint64_t peek_sequence() const;
 
@@ -61,6 +72,7 @@ class TokenLoader {
   uint64_t seed_ = 0;
   uint32_t vocab_size_ = 0;
   LoaderCursor cursor_;
+  int rank_ = 0, world_ = 1;
   uint64_t permutation_epoch_ = UINT64_MAX;
   std::vector<uint64_t> permutation_;
 };

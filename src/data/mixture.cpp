@@ -15,20 +15,6 @@
 
 namespace meridian::data {
 
-namespace {
-
-// Advances a loader past its next sequence without reading it, exactly as next_batch would.
-void skip_sequence(TokenLoader& loader) {
-  LoaderCursor c = loader.cursor();
-  if (++c.position == loader.num_sequences()) {
-    c.position = 0;
-    ++c.epoch;
-  }
-  loader.set_cursor(c);
-}
-
-}  // namespace
-
 std::string MixtureCursor::to_json() const {
   nlohmann::json j;
   j["version"] = kVersion;
@@ -114,6 +100,12 @@ Result<MixtureLoader> MixtureLoader::open(const std::vector<MixtureSource>& sour
   return mix;
 }
 
+void MixtureLoader::set_shard(int rank, int world) {
+  MERIDIAN_ASSERT(world >= 1 && rank >= 0 && rank < world, "shard rank {} of world {}", rank, world);
+  rank_ = rank;
+  world_ = world;
+}
+
 size_t MixtureLoader::draw() {
   size_t best = 0;
   for (size_t i = 0; i < credits_.size(); ++i) {
@@ -132,7 +124,7 @@ void MixtureLoader::next_batch(int64_t batch, int64_t* inputs, int64_t* targets,
     for (int r = 0; r < world_; ++r) {
       const size_t source = draw();
       if (r != rank_) {
-        skip_sequence(loaders_[source]);
+        loaders_[source].skip(1);
         continue;
       }
       loaders_[source].next_batch(1, inputs + b * seq_len_, targets + b * seq_len_);

@@ -73,6 +73,8 @@ class MixtureLoader {
   uint32_t vocab_size() const { return vocab_size_; }
   int rank() const { return rank_; }
   int world() const { return world_; }
+  // Changes this node's share from the next row on (an elastic run, at a round start).
+  void set_shard(int rank, int world);
 
   static constexpr int64_t kWeightScale = 1 << 20;
 

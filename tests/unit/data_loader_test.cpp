@@ -160,6 +160,48 @@ TEST(data_Loader, CursorRestoreGivesIdenticalBatches) {
   EXPECT_EQ(restored.peek_sequence(), fresh.peek_sequence());
 }
 
+// DiLoCo's data policy: ranks of a world W that start from the same cursor read disjoint
+// sequences, end at the same cursor, and together read exactly what one node reads.
+TEST(data_Loader, ShardsOfAWorldAreDisjointAndTogetherTheSingleNodeStream) {
+  TempDir dir;
+  write_counting_shard(dir.file("a.tok"), 0, 3001);
+  const int64_t B = 2, T = 30;  // 100 sequences
+  for (int W : {1, 2, 3, 5}) {
+    TokenLoader single = open_ok(dir.file("a.tok"), T, 7);
+    single.skip(13);  // a cursor mid-epoch, as after earlier rounds
+    const LoaderCursor start = single.cursor();
+    const int steps = 9;  // crosses into the next epoch for W >= 5
+    std::vector<std::vector<uint64_t>> by_rank(W);
+    std::vector<LoaderCursor> ends;
+    for (int r = 0; r < W; ++r) {
+      TokenLoader node = open_ok(dir.file("a.tok"), T, 7);
+      node.set_cursor(start);
+      node.set_shard(r, W);
+      std::vector<int64_t> in(B * T), tg(B * T);
+      std::vector<uint64_t> seqs(B);
+      for (int s = 0; s < steps; ++s) {
+        node.next_batch(B, in.data(), tg.data(), seqs.data());
+        for (int64_t b = 0; b < B; ++b) {
+          EXPECT_EQ(in[b * T], static_cast<int64_t>(seqs[b]) * T) << "the row holds the reported sequence";
+          by_rank[r].push_back(seqs[b]);
+        }
+      }
+      ends.push_back(node.cursor());
+    }
+    for (int r = 1; r < W; ++r) EXPECT_EQ(ends[r], ends[0]) << "every rank ends at the same cursor, W=" << W;
+    // Row k of rank r is draw k * W + r of the single-node stream.
+    const std::vector<uint64_t> all = draw(single, static_cast<uint64_t>(steps * B * W));
+    for (int r = 0; r < W; ++r)
+      for (size_t k = 0; k < by_rank[r].size(); ++k) EXPECT_EQ(by_rank[r][k], all[k * W + r]) << "W=" << W << " rank " << r;
+    EXPECT_EQ(single.cursor(), ends[0]);
+    if (13 + steps * B * W <= 100) {  // within one epoch: no sequence read twice
+      std::set<uint64_t> seen;
+      for (const auto& seqs : by_rank)
+        for (uint64_t s : seqs) EXPECT_TRUE(seen.insert(s).second) << "sequence " << s << " read by two ranks, W=" << W;
+    }
+  }
+}
+
 TEST(data_Loader, StreamCrossesShardBoundariesInNameOrder) {
   TempDir dir;
   // Written out of name order, with a non-shard file and an empty shard in between: the loader
