@@ -27,7 +27,7 @@ int fail(const Status& st) {
 }  // namespace
 
 int run_coordinator_command(const std::string& listen, const std::string& token_file, int heartbeat_timeout_ms,
-                            int heartbeat_interval_ms) {
+                            int heartbeat_interval_ms, const std::string& log_path) {
   if (heartbeat_timeout_ms <= 0) {
     return fail(Status::error("--heartbeat-timeout-ms must be > 0 (got " + std::to_string(heartbeat_timeout_ms) + ")"));
   }
@@ -40,6 +40,7 @@ int run_coordinator_command(const std::string& listen, const std::string& token_
   coord::CoordinatorServerOptions options;
   options.listen = listen;
   options.token = *token;
+  options.log_path = log_path;
   options.config.heartbeat_timeout_us = int64_t{heartbeat_timeout_ms} * 1000;
   options.config.heartbeat_interval_us = int64_t{heartbeat_interval_ms} * 1000;
   // Epochs of this incarnation start above any its predecessors on this address published.

@@ -10,8 +10,9 @@ namespace meridian {
 //   meridian coordinator listening on HOST:PORT
 // on stdout (flushed) once bound, logs to stderr, and returns the process exit code: 0 after a
 // signal, 1 on an error (printed with its hint).
-// heartbeat_interval_ms <= 0: a quarter of the timeout.
+// heartbeat_interval_ms <= 0: a quarter of the timeout. log_path: the run log (--log), one JSON
+// object per line appended for every join, leave, eviction and round; empty: none.
 int run_coordinator_command(const std::string& listen, const std::string& token_file, int heartbeat_timeout_ms,
-                            int heartbeat_interval_ms = 0);
+                            int heartbeat_interval_ms = 0, const std::string& log_path = {});
 
 }  // namespace meridian

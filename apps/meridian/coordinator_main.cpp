@@ -1,7 +1,7 @@
 // meridian-coordinator: the coordinator alone, without libtorch, for tests and for nodes that
 // only coordinate. Same behaviour as `meridian coordinator`.
 //   meridian-coordinator --listen HOST:PORT --token-file F [--heartbeat-timeout-ms 5000]
-//                        [--heartbeat-interval-ms T/4]
+//                        [--heartbeat-interval-ms T/4] [--log FILE]
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -11,14 +11,16 @@
 #include "meridian/coordinator_cmd.h"
 
 int main(int argc, char** argv) {
-  std::string listen = "127.0.0.1:0", token_file;
+  std::string listen = "127.0.0.1:0", token_file, log_path;
   int timeout_ms = 5000, interval_ms = 0;
   std::vector<std::string> problems;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--help") {
       std::printf("usage: meridian-coordinator --listen HOST:PORT --token-file FILE [--heartbeat-timeout-ms MS] "
-                  "[--heartbeat-interval-ms MS]\n");
+                  "[--heartbeat-interval-ms MS] [--log FILE]\n"
+                  "  --log FILE  append the run log to FILE: one JSON object per line for every join, leave,\n"
+                  "              eviction and round\n");
       return 0;
     }
     if (i + 1 >= argc) {
@@ -34,6 +36,8 @@ int main(int argc, char** argv) {
       timeout_ms = std::atoi(value.c_str());
     } else if (arg == "--heartbeat-interval-ms") {
       interval_ms = std::atoi(value.c_str());
+    } else if (arg == "--log") {
+      log_path = value;
     } else {
       problems.push_back("unknown option " + arg);
     }
@@ -44,5 +48,5 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "hint: meridian-coordinator --help\n");
     return 2;
   }
-  return meridian::run_coordinator_command(listen, token_file, timeout_ms, interval_ms);
+  return meridian::run_coordinator_command(listen, token_file, timeout_ms, interval_ms, log_path);
 }

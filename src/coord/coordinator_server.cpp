@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstring>
@@ -35,7 +36,127 @@ std::string peer_name(int fd) {
   return std::string(host) + ":" + std::to_string(ntohs(a.sin_port));
 }
 
+// Appends `text` as a JSON string literal (quotes included). Valid UTF-8 is copied; other
+// bytes (peers send the addresses) become U+FFFD, so every line parses.
+void append_json_string(std::string& out, const std::string& text) {
+  out += '"';
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned char c = p[i];
+    if (c < 0x80) {
+      switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\r': out += "\\r"; break;
+        case '\t': out += "\\t"; break;
+        default:
+          if (c < 0x20 || c == 0x7f) {
+            char buf[8];
+            std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+            out += buf;
+          } else {
+            out += static_cast<char>(c);
+          }
+      }
+      ++i;
+      continue;
+    }
+    // A multi-byte sequence: its length from the lead byte, then continuation bytes, no
+    // overlong forms, no surrogates, nothing above U+10FFFF.
+    size_t len = 0;
+    uint32_t cp = 0;
+    if (c >= 0xc2 && c <= 0xdf) len = 2, cp = c & 0x1f;
+    else if (c >= 0xe0 && c <= 0xef) len = 3, cp = c & 0x0f;
+    else if (c >= 0xf0 && c <= 0xf4) len = 4, cp = c & 0x07;
+    bool ok = len != 0 && i + len <= n;
+    for (size_t k = 1; ok && k < len; ++k) {
+      ok = (p[i + k] & 0xc0) == 0x80;
+      cp = (cp << 6) | (p[i + k] & 0x3f);
+    }
+    if (ok) ok = !(len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) && !(len == 4 && (cp < 0x10000 || cp > 0x10ffff));
+    if (ok) {
+      out.append(text, i, len);
+      i += len;
+    } else {
+      out += "\\ufffd";
+      ++i;
+    }
+  }
+  out += '"';
+}
+
+void append_key(std::string& out, const char* key) {
+  out += ",\"";
+  out += key;
+  out += "\":";
+}
+
+void append_ids(std::string& out, const std::vector<PeerId>& ids) {
+  out += '[';
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i > 0) out += ',';
+    out += std::to_string(ids[i]);
+  }
+  out += ']';
+}
+
+double unix_now_s() {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch());
+  return static_cast<double>(ms.count()) / 1000.0;
+}
+
 }  // namespace
+
+std::string run_log_line(double unix_time_s, const std::string& msg, const LogEvent& event) {
+  char t[32];
+  std::snprintf(t, sizeof(t), "%.3f", unix_time_s);
+  std::string out = "{\"t\":";
+  out += t;
+  out += ",\"event\":";
+  append_json_string(out, event.kind.empty() ? "note" : event.kind);
+  out += ",\"msg\":";
+  append_json_string(out, msg);
+  if (event.peer) {
+    append_key(out, "peer");
+    out += std::to_string(*event.peer);
+  }
+  if (!event.address.empty()) {
+    append_key(out, "address");
+    append_json_string(out, event.address);
+  }
+  if (event.epoch) {
+    append_key(out, "epoch");
+    out += std::to_string(*event.epoch);
+  }
+  if (event.round) {
+    append_key(out, "round");
+    out += std::to_string(*event.round);
+  }
+  if (event.op_id) {
+    append_key(out, "op_id");
+    out += std::to_string(*event.op_id);
+  }
+  if (event.size) {
+    append_key(out, "size");
+    out += std::to_string(*event.size);
+  }
+  if (event.members) {
+    append_key(out, "members");
+    append_ids(out, *event.members);
+  }
+  if (!event.admitted.empty()) {
+    append_key(out, "admitted");
+    append_ids(out, event.admitted);
+  }
+  if (!event.reason.empty()) {
+    append_key(out, "reason");
+    append_json_string(out, event.reason);
+  }
+  out += '}';
+  return out;
+}
 
 struct CoordinatorServer::Connection {
   Connection(ConnId id_, int fd_, const std::string& token, int64_t deadline)
@@ -58,6 +179,7 @@ CoordinatorServer::CoordinatorServer(const CoordinatorServerOptions& options)
 CoordinatorServer::~CoordinatorServer() {
   for (auto& [id, c] : connections_) ::close(c->fd);
   if (listen_fd_ >= 0) ::close(listen_fd_);
+  if (log_file_ != nullptr) std::fclose(log_file_);
   for (int fd : stop_fds_) {
     if (fd >= 0) ::close(fd);
   }
@@ -66,12 +188,25 @@ CoordinatorServer::~CoordinatorServer() {
 Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::start(const CoordinatorServerOptions& options) {
   if (options.token.empty()) return Status::error("coordinator: empty run token", "pass a token file with a secret");
   std::unique_ptr<CoordinatorServer> s(new CoordinatorServer(options));
+  bool log_continues = false;
+  if (!options.log_path.empty()) {
+    s->log_file_ = std::fopen(options.log_path.c_str(), "ae");  // e: O_CLOEXEC
+    if (s->log_file_ == nullptr) {
+      return Status::error("coordinator: cannot open the run log " + options.log_path + ": " + std::strerror(errno),
+                           "pass --log a writable file path whose directory exists (it is appended to)");
+    }
+    log_continues = std::fseek(s->log_file_, 0, SEEK_END) == 0 && std::ftell(s->log_file_) > 0;
+  }
   Result<net::membership::Listener> l = net::membership::listen_tcp(options.listen);
   if (!l) return l.status();
   s->listen_fd_ = l->fd;
   s->address_ = l->address;
   ::fcntl(s->listen_fd_, F_SETFL, ::fcntl(s->listen_fd_, F_GETFL, 0) | O_NONBLOCK);
   if (::pipe2(s->stop_fds_, O_CLOEXEC | O_NONBLOCK) != 0) return Status::error(std::string("pipe: ") + std::strerror(errno));
+  LogEvent started;
+  started.kind = log_continues ? "restarted" : "started";
+  started.address = s->address_;
+  s->log("listening on " + s->address_ + " (incarnation " + std::to_string(options.config.incarnation) + ")", started);
   return s;
 }
 
@@ -80,9 +215,18 @@ void CoordinatorServer::stop() {
   [[maybe_unused]] const ssize_t n = ::write(stop_fds_[1], &b, 1);
 }
 
-void CoordinatorServer::log(const std::string& line) const {
+void CoordinatorServer::log(const std::string& line, const LogEvent& event) {
   std::fprintf(stderr, "coordinator: %s\n", line.c_str());
   std::fflush(stderr);
+  if (log_file_ == nullptr || log_failed_) return;
+  const std::string json = run_log_line(unix_now_s(), line, event) + "\n";
+  // Flushed per line: the demo tails it live. A failed write (disk full) loses the run log,
+  // not the run: said once on stderr.
+  if (std::fwrite(json.data(), 1, json.size(), log_file_) != json.size() || std::fflush(log_file_) != 0) {
+    log_failed_ = true;
+    std::fprintf(stderr, "coordinator: writing the run log %s failed: %s; the run goes on without it\n",
+                 options_.log_path.c_str(), std::strerror(errno));
+  }
 }
 
 Status CoordinatorServer::run() {
@@ -111,7 +255,9 @@ Status CoordinatorServer::run() {
       return Status::error(std::string("coordinator poll: ") + std::strerror(errno));
     }
     if (fds[0].revents & POLLIN) {
-      log("stopping");
+      LogEvent e;
+      e.kind = "stopped";
+      log("stopping", e);
       return Status::ok();
     }
     const int64_t t = net::membership::steady_now_us();
@@ -139,7 +285,10 @@ void CoordinatorServer::accept_all(int64_t now_us) {
     if (fd < 0) return;
     if (connections_.size() >= options_.max_connections) {
       ::close(fd);
-      log("refused a connection: too many connections");
+      LogEvent e;
+      e.kind = "refused";
+      e.reason = "too many connections";
+      log("refused a connection: too many connections", e);
       continue;
     }
     const ConnId id = next_conn_++;
@@ -173,7 +322,11 @@ void CoordinatorServer::on_payload(Connection& c, std::vector<std::byte>& payloa
     if (!reply.empty()) queue(c, std::move(reply));
     if (!c.handshake.done()) return;
     if (!c.handshake.status().is_ok()) {
-      log("refused connection from " + c.name + ": " + c.handshake.status().message());
+      LogEvent e;
+      e.kind = "refused";
+      e.address = c.name;
+      e.reason = c.handshake.status().message();
+      log("refused connection from " + c.name + ": " + e.reason, e);
       c.closing = true;  // after the verdict is flushed
       flush(c);
       return;
@@ -189,7 +342,7 @@ void CoordinatorServer::on_payload(Connection& c, std::vector<std::byte>& payloa
 void CoordinatorServer::apply(const std::vector<Action>& actions) {
   for (const Action& a : actions) {
     if (a.kind == Action::Kind::kLog) {
-      log(a.text);
+      log(a.text, a.event);
       continue;
     }
     auto it = connections_.find(a.conn);
@@ -205,7 +358,11 @@ void CoordinatorServer::apply(const std::vector<Action>& actions) {
 
 void CoordinatorServer::queue(Connection& c, std::vector<std::byte> bytes) {
   if (c.out.size() - c.out_sent + bytes.size() > options_.max_output_bytes) {
-    log("closing connection from " + c.name + ": it does not read (output queue full)");
+    LogEvent e;
+    e.kind = "dropped";
+    e.address = c.name;
+    e.reason = "it does not read (output queue full)";
+    log("closing connection from " + c.name + ": " + e.reason, e);
     c.closing = true;
     c.out.clear();
     c.out_sent = 0;
@@ -241,7 +398,13 @@ void CoordinatorServer::close_connection(Connection& c, std::string why, int64_t
   const std::string name = c.name;
   ::close(c.fd);
   connections_.erase(id);  // c is gone from here on
-  if ((!authenticated && !why.empty()) || protocol_error) log("dropped connection from " + name + ": " + why);
+  if ((!authenticated && !why.empty()) || protocol_error) {
+    LogEvent e;
+    e.kind = "dropped";
+    e.address = name;
+    e.reason = why;
+    log("dropped connection from " + name + ": " + why, e);
+  }
   if (authenticated) apply(state_.handle(EvDisconnected{id, why}, now_us));
 }
 

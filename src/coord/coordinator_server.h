@@ -9,11 +9,18 @@
 // that does not finish its handshake within handshake_timeout is closed; a peer that does not
 // read (its output queue passes max_output_bytes) is closed.
 //
+// Run log: with log_path set, every line the daemon logs is also appended to that file as one
+// JSON object per line, {"t": unix seconds, "event": kind, "msg": text, ...the LogEvent's
+// fields}, flushed line by line so that it can be tailed. Appending means a restarted
+// coordinator continues the same log; its first line is "restarted" instead of "started"
+// when the file was not empty.
+//
 // Threads: run() owns everything on the calling thread. stop() may be called from any thread
 // or a signal handler (it writes one byte to a pipe).
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <string>
@@ -30,7 +37,12 @@ struct CoordinatorServerOptions {
   int64_t handshake_timeout_us = 2'000'000;
   size_t max_output_bytes = 16u << 20;
   size_t max_connections = 4096;
+  std::string log_path;                // the run log (JSONL, appended); empty: stderr only
 };
+
+// One run-log line, without the newline: {"t":1700000000.123,"event":"round","msg":"...",
+// "epoch":5,...}. Pure; strings are escaped as JSON, invalid UTF-8 replaced by U+FFFD.
+std::string run_log_line(double unix_time_s, const std::string& msg, const LogEvent& event);
 
 class CoordinatorServer {
  public:
@@ -56,7 +68,7 @@ class CoordinatorServer {
   void queue(Connection& c, std::vector<std::byte> bytes);
   void flush(Connection& c);
   void close_connection(Connection& c, std::string why, int64_t now_us);  // c is gone after
-  void log(const std::string& line) const;
+  void log(const std::string& line, const LogEvent& event = {});
 
   CoordinatorServerOptions options_;
   CoordinatorState state_;
@@ -65,6 +77,8 @@ class CoordinatorServer {
   std::string address_;
   ConnId next_conn_ = 1;
   std::map<ConnId, std::unique_ptr<Connection>> connections_;
+  std::FILE* log_file_ = nullptr;  // the run log, if any
+  bool log_failed_ = false;        // a write to it failed (reported once)
 };
 
 }  // namespace meridian::coord

@@ -23,9 +23,10 @@ Action Action::close(ConnId conn, std::string why) {
   return a;
 }
 
-Action Action::log(std::string line) {
+Action Action::log(std::string line, LogEvent event) {
   Action a;
   a.text = std::move(line);
+  a.event = std::move(event);
   return a;
 }
 
@@ -78,7 +79,7 @@ std::vector<Action> CoordinatorState::handle(const Event& event, int64_t now_us)
       const PeerId id = p->id;
       peer_of_conn_.erase(d->conn);
       p->conn = kNoConn;
-      remove_peer(id, "connection lost (" + d->reason + ")", out);
+      remove_peer(id, "closed", "connection lost (" + d->reason + ")", out);
     }
     peer_of_conn_.erase(d->conn);
   } else {  // EvTick: evict the silent
@@ -88,7 +89,7 @@ std::vector<Action> CoordinatorState::handle(const Event& event, int64_t now_us)
     }
     for (PeerId id : silent) {
       const int64_t ms = (now_us - peers_[id].last_heard_us) / 1000;
-      remove_peer(id, "silent for " + std::to_string(ms) + " ms (heartbeat timeout " +
+      remove_peer(id, "evicted", "silent for " + std::to_string(ms) + " ms (heartbeat timeout " +
                           std::to_string(config_.heartbeat_timeout_us / 1000) + " ms)", out);
     }
   }
@@ -129,7 +130,10 @@ void CoordinatorState::on_message(ConnId conn, const wire::ControlMessage& messa
   if (std::holds_alternative<wire::C2M_Heartbeat>(message)) return;
   if (const auto* u = std::get_if<wire::C2M_UpdateTopology>(&message)) {
     if (p->phase == PeerPhase::kJoining && !p->at_barrier) {
-      out.push_back(Action::log("joiner " + std::to_string(id) + " at the barrier"));
+      LogEvent e;
+      e.kind = "waiting";
+      e.peer = id;
+      out.push_back(Action::log("joiner " + std::to_string(id) + " at the barrier", std::move(e)));
     }
     p->at_barrier = true;
     p->min_members = u->min_members;
@@ -138,7 +142,7 @@ void CoordinatorState::on_message(ConnId conn, const wire::ControlMessage& messa
     return;
   }
   if (std::holds_alternative<wire::C2M_Leave>(message)) {
-    remove_peer(id, "left", out);
+    remove_peer(id, "left", "left", out);
     return;
   }
   if (const auto* b = std::get_if<wire::C2M_OpBegin>(&message)) return on_op_begin(id, *b, out);
@@ -198,9 +202,12 @@ void CoordinatorState::on_join(ConnId conn, const wire::C2M_Join& join, int64_t 
       if (r.conn == kNoConn) r.last_heard_us = now_us;  // absent ones get one timeout to come back
       next_peer_id_ = std::max(next_peer_id_, m.peer_id + 1);
     }
+    LogEvent e = view_event("recreated");
+    e.peer = prev;
     out.push_back(Action::log("re-created view epoch " + std::to_string(view_.epoch) + " (" +
-                         std::to_string(view_.members.size()) + " members) from re-registering peer " +
-                         std::to_string(prev)));
+                                  std::to_string(view_.members.size()) + " members) from re-registering peer " +
+                                  std::to_string(prev),
+                              std::move(e)));
   }
   PeerId id = kNoPeer;
   auto existing = prev != kNoPeer ? peers_.find(prev) : peers_.end();
@@ -251,16 +258,24 @@ void CoordinatorState::on_join(ConnId conn, const wire::C2M_Join& join, int64_t 
   if (join.last_final_op_id != 0 && join.last_final_epoch == view_.epoch) {
     learn_final(join.last_final_epoch, join.last_final_op_id, join.last_final_ok, id, out);
   }
+  LogEvent e;
+  e.peer = id;
+  e.address = r.address;
   if (r.phase == PeerPhase::kMember) {
     out.push_back(Action::send(conn, wire::M2C_View{view_, false}));
+    e.kind = "reattached";
+    e.epoch = view_.epoch;
     out.push_back(Action::log("peer " + std::to_string(id) + " at " + r.address + " re-attached to view epoch " +
-                         std::to_string(view_.epoch)));
+                                  std::to_string(view_.epoch),
+                              std::move(e)));
   } else {
-    out.push_back(Action::log("peer " + std::to_string(id) + " at " + r.address + " registered; waits for the barrier"));
+    e.kind = "registered";
+    out.push_back(Action::log("peer " + std::to_string(id) + " at " + r.address + " registered; waits for the barrier",
+                              std::move(e)));
   }
 }
 
-void CoordinatorState::remove_peer(PeerId peer, const std::string& why, Out& out) {
+void CoordinatorState::remove_peer(PeerId peer, const char* kind, const std::string& why, Out& out) {
   auto it = peers_.find(peer);
   if (it == peers_.end()) return;
   const bool was_member = it->second.phase == PeerPhase::kMember;
@@ -272,7 +287,12 @@ void CoordinatorState::remove_peer(PeerId peer, const std::string& why, Out& out
   }
   const std::string address = it->second.address;
   peers_.erase(it);
-  out.push_back(Action::log("peer " + std::to_string(peer) + " at " + address + " removed: " + why));
+  LogEvent e;
+  e.kind = kind;
+  e.peer = peer;
+  e.address = address;
+  e.reason = why;
+  out.push_back(Action::log("peer " + std::to_string(peer) + " at " + address + " removed: " + why, std::move(e)));
   if (!was_member) return;
   std::vector<wire::ViewMember> members;
   for (const wire::ViewMember& m : view_.members) {
@@ -291,9 +311,24 @@ void CoordinatorState::publish_view(std::vector<wire::ViewMember> members, const
   view_.round = 0;
   view_.members = std::move(members);
   restored_ = false;
+  LogEvent e = view_event("view");
+  e.reason = why;
   out.push_back(Action::log("view epoch " + std::to_string(view_.epoch) + ": " + std::to_string(view_.members.size()) +
-                       " members (" + why + ")"));
+                                " members (" + why + ")",
+                            std::move(e)));
   send_to_members(wire::M2C_View{view_, false}, out);
+}
+
+LogEvent CoordinatorState::view_event(const char* kind) const {
+  LogEvent e;
+  e.kind = kind;
+  e.epoch = view_.epoch;
+  e.round = view_.round;
+  e.size = view_.members.size();
+  std::vector<PeerId> members;
+  for (const wire::ViewMember& m : view_.members) members.push_back(m.peer_id);
+  e.members = std::move(members);
+  return e;
 }
 
 uint64_t CoordinatorState::next_epoch() {
@@ -324,11 +359,13 @@ void CoordinatorState::try_complete_barrier(Out& out) {
   if (joiners_waiting > 0) {
     std::vector<wire::ViewMember> next = view_.members;
     std::string who;
+    std::vector<PeerId> admitted;
     for (auto& [id, p] : peers_) {
       if (p.phase == PeerPhase::kJoining && p.at_barrier) {
         p.phase = PeerPhase::kMember;
         next.push_back(wire::ViewMember{id, p.address});
         who += " " + std::to_string(id);
+        admitted.push_back(id);
       }
     }
     // Joiners are appended in id order (peers_ is ordered), members keep their ranks.
@@ -336,11 +373,20 @@ void CoordinatorState::try_complete_barrier(Out& out) {
     abort_ops_before(epoch, "view changed: peers joined", out);
     view_.epoch = epoch;
     view_.members = std::move(next);
+    LogEvent e = view_event("admitted");
+    e.round.reset();  // set below: round 1 of the new epoch
+    e.admitted = std::move(admitted);
     out.push_back(Action::log("view epoch " + std::to_string(view_.epoch) + ": " + std::to_string(view_.members.size()) +
-                         " members (admitted" + who + ")"));
+                                  " members (admitted" + who + ")",
+                              std::move(e)));
   }
   view_.round = joiners_waiting > 0 ? 1 : view_.round + 1;  // a fresh numbering of operations
   restored_ = false;
+  LogEvent round = view_event("round");
+  round.members.reset();  // every barrier logs: the count only, the list is in admitted/view
+  out.push_back(Action::log("barrier done: epoch " + std::to_string(view_.epoch) + " round " +
+                                std::to_string(view_.round) + ", " + std::to_string(view_.members.size()) + " members",
+                            std::move(round)));
   for (auto& [id, p] : peers_) {
     if (p.phase == PeerPhase::kMember) {
       p.at_barrier = false;
@@ -433,9 +479,14 @@ void CoordinatorState::try_elect(const OpKey& key, OpRecord& op, Out& out) {
   }
   uint64_t missing = 0;
   for (const wire::ViewMember& v : view_.members) missing += op.elected.bytes_missing_on(v.peer_id);
+  LogEvent e;
+  e.kind = "sync";
+  e.epoch = op.epoch;
+  e.op_id = key.second;
   out.push_back(Action::log("sync op " + std::to_string(key.second) + " of epoch " + std::to_string(op.epoch) + ": elected " +
-                            std::to_string(op.elected.buffers.size()) + " buffers, revision " +
-                            std::to_string(op.elected.revision) + ", " + std::to_string(missing) + " bytes to transfer"));
+                                std::to_string(op.elected.buffers.size()) + " buffers, revision " +
+                                std::to_string(op.elected.revision) + ", " + std::to_string(missing) + " bytes to transfer",
+                            std::move(e)));
   send_to_members(message, out);
 }
 
@@ -451,8 +502,14 @@ void CoordinatorState::learn_final(uint64_t epoch, uint64_t op_id, bool ok, Peer
   }
   if (it->second.final_sent) {
     if (it->second.final_ok != ok) {
-      out.push_back(Action::log("op " + std::to_string(op_id) + " of epoch " + std::to_string(epoch) +
-                                ": peer " + std::to_string(from) + " was told a different final status before a restart"));
+      LogEvent e;
+      e.kind = "warning";
+      e.peer = from;
+      e.epoch = epoch;
+      e.op_id = op_id;
+      out.push_back(Action::log("op " + std::to_string(op_id) + " of epoch " + std::to_string(epoch) + ": peer " +
+                                    std::to_string(from) + " was told a different final status before a restart",
+                                std::move(e)));
     }
     return;
   }
@@ -467,7 +524,15 @@ void CoordinatorState::finish_op(const OpKey& key, OpRecord& op, bool ok, const 
   op.final_detail = detail;
   op.reports.clear();
   if (op.is_sync) op.elected = {};
-  if (!ok) out.push_back(Action::log("op " + std::to_string(op_id) + " of epoch " + std::to_string(op.epoch) + " aborted: " + detail));
+  if (!ok) {
+    LogEvent e;
+    e.kind = "aborted";
+    e.epoch = op.epoch;
+    e.op_id = op_id;
+    e.reason = detail;
+    out.push_back(Action::log("op " + std::to_string(op_id) + " of epoch " + std::to_string(op.epoch) + " aborted: " + detail,
+                              std::move(e)));
+  }
   send_to_members(wire::M2C_OpFinal{op.epoch, op_id, ok, detail}, out);
 }
 

@@ -49,6 +49,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <variant>
@@ -105,22 +106,41 @@ struct EvDisconnected {
 struct EvTick {};
 using Event = std::variant<EvMessage, EvDisconnected, EvTick>;
 
+// What a log line is about, for the daemon's run log (coordinator_server.h writes it as one
+// JSON object per line). Only the fields the event has are set. Kinds: registered, reattached,
+// waiting (a joiner at the barrier), admitted, round (every completed barrier), view (a view
+// published after a removal), left, evicted (heartbeat timeout), closed (connection lost),
+// recreated (a view re-created after a restart), aborted, sync, warning, note (the rest).
+struct LogEvent {
+  std::string kind = "note";
+  std::optional<PeerId> peer;
+  std::string address;
+  std::optional<uint64_t> epoch;
+  std::optional<uint64_t> round;
+  std::optional<uint64_t> op_id;
+  std::optional<size_t> size;                   // members in the view
+  std::optional<std::vector<PeerId>> members;   // the view's members in rank order
+  std::vector<PeerId> admitted;                 // admitted at this barrier
+  std::string reason;
+};
+
 // Actions: what the daemon must do, in order. (A tagged struct rather than a variant: GCC 12
 // warns falsely about variants of variants of strings.)
 struct Action {
   enum class Kind : uint8_t {
     kSend,   // send `message` on `conn`
     kClose,  // close `conn` (after what is queued for it); `text` says why
-    kLog,    // print `text`
+    kLog,    // print `text`; `event` says what it is about
   };
   Kind kind = Kind::kLog;
   ConnId conn = kNoConn;
   wire::ControlMessage message;
   std::string text;
+  LogEvent event;  // kLog only
 
   static Action send(ConnId conn, wire::ControlMessage message);
   static Action close(ConnId conn, std::string why);
-  static Action log(std::string line);
+  static Action log(std::string line, LogEvent event = {});
 };
 
 class CoordinatorState {
@@ -170,7 +190,9 @@ class CoordinatorState {
   void on_op_begin(PeerId peer, const wire::C2M_OpBegin& m, Out& out);
   void on_op_result(PeerId peer, const wire::C2M_OpResult& m, Out& out);
   void on_sync_report(PeerId peer, const wire::C2M_SyncReport& m, Out& out);
-  void remove_peer(PeerId peer, const std::string& why, Out& out);
+  // kind: the log event, "left", "evicted" or "closed".
+  void remove_peer(PeerId peer, const char* kind, const std::string& why, Out& out);
+  LogEvent view_event(const char* kind) const;  // kind with the current view's fields
   void publish_view(std::vector<wire::ViewMember> members, const std::string& why, Out& out);
   void try_complete_barrier(Out& out);
   using OpKey = std::pair<uint64_t, uint64_t>;  // (epoch, op_id)
