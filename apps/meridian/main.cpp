@@ -2,6 +2,7 @@
 // libraries; it reads as the table of contents of what Meridian can do.
 //
 //   meridian train     [--config F | --preset NAME] [--set k=v ...] [--resume DIR]
+//                      [--coordinator HOST:PORT --token-file F [--listen HOST:PORT]]   DiLoCo across nodes
 //   meridian info      --model NAME            parameters, FLOPs/token, memory (no allocation)
 //   meridian tokenize  --input FILES --output DIR [--doc-separator S] [--val-fraction X]
 //   meridian bench step --model NAME            inner-step throughput and MFU
@@ -12,7 +13,11 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include <signal.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <thread>
 
 #include <cmath>
 #include <cstdio>
@@ -28,6 +33,8 @@
 #include "meridian/coordinator_cmd.h"
 #include "io/safetensors.h"
 #include "metrics/model_stats.h"
+#include "net/membership/wire.h"
+#include "train/elastic.h"
 #include "train/trainer.h"
 
 using namespace meridian;
@@ -80,7 +87,36 @@ Result<Config> resume_config(const ConfigArgs& args, const std::string& checkpoi
   return config;
 }
 
-int cmd_train(const ConfigArgs& args, const std::string& resume) {
+struct JoinArgs {
+  std::string coordinator;  // HOST:PORT; empty: train alone
+  std::string token_file;
+  std::string listen = "127.0.0.1:0";
+};
+
+// SIGINT/SIGTERM: stop after the current step, save, leave the run. A node blocked at a round
+// start (waiting for the others) is ended by a watchdog after a grace period; closing its
+// connections tells the coordinator at once. A second signal ends the process at once.
+std::atomic<bool> g_stop{false};
+void on_stop_signal(int sig) {
+  if (g_stop.exchange(true)) std::_Exit(128 + sig);
+  const char msg[] = "# signal: stopping after this step, then leaving the run\n";
+  [[maybe_unused]] auto n = ::write(2, msg, sizeof msg - 1);
+}
+void watch_stop_signals() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  std::thread([] {
+    while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::this_thread::sleep_for(std::chrono::seconds(20));
+    std::fprintf(stderr, "# still busy 20 s after the signal: exiting now\n");
+    std::_Exit(130);
+  }).detach();
+}
+
+int cmd_train(const ConfigArgs& args, const std::string& resume, const JoinArgs& join) {
   std::string checkpoint;
   Result<Config> config = Status::error("unset");
   if (!resume.empty()) {
@@ -100,6 +136,28 @@ int cmd_train(const ConfigArgs& args, const std::string& resume) {
 
   train::TrainerOptions options;
   options.resume = checkpoint;
+  options.stop = &g_stop;
+  std::unique_ptr<train::ElasticRounds> rounds;
+  if (!join.coordinator.empty()) {
+    if (!config->diloco.enabled)
+      return fail(Status::error("--coordinator given, but diloco.enabled is false", "add --set diloco.enabled=true (nodes meet once per DiLoCo round)"));
+    if (join.token_file.empty()) return fail(Status::error("--coordinator needs --token-file", "pass the file holding the run token"));
+    auto token = net::membership::read_token_file(join.token_file);
+    if (!token) return fail(token.status());
+    train::ElasticOptions eo;
+    eo.comm.coordinator_address = join.coordinator;
+    eo.comm.token = token.value();
+    eo.comm.listen_address = join.listen;
+    eo.comm.topology_timeout_ms = static_cast<int64_t>(config->diloco.round_timeout_s * 1000);
+    eo.codec = *net::parse_codec(config->diloco.codec);
+    eo.min_nodes = static_cast<size_t>(config->diloco.min_nodes);
+    eo.has_state = !checkpoint.empty();
+    if (const char* fault = std::getenv("MERIDIAN_TEST_FAULT")) eo.fault_for_tests = fault;
+    auto connected = train::ElasticRounds::connect(eo);
+    if (!connected) return fail(connected.status());
+    rounds = std::move(connected.value());
+    options.round_sync = rounds.get();
+  }
   auto trainer = train::Trainer::create(config.value(), options);
   if (!trainer) return fail(trainer.status());
   std::printf("# %d threads, peak %.1f GFLOP/s (fp32 matmul)%s\n", torch::get_num_threads(), trainer.value()->peak_flops() / 1e9,
@@ -107,6 +165,10 @@ int cmd_train(const ConfigArgs& args, const std::string& resume) {
   std::fflush(stdout);
 
   auto summary = trainer.value()->run();
+  if (rounds) {
+    const Status left = rounds->leave();
+    if (!left.is_ok()) std::fprintf(stderr, "# leaving the run: %s\n", left.message().c_str());
+  }
   if (!summary) return fail(summary.status());
   const auto& s = summary.value();
   std::printf("\n# done: steps %lld-%lld in %.1f s, %.0f tokens/s\n", static_cast<long long>(s.first_step), static_cast<long long>(s.last_step),
@@ -121,6 +183,10 @@ int cmd_train(const ConfigArgs& args, const std::string& resume) {
   }
   if (!s.checkpoint.empty()) std::printf("# checkpoint: %s\n", s.checkpoint.c_str());
   std::printf("# state hash: %s\n", s.state_hash.c_str());
+  if (s.interrupted) {
+    std::printf("# stopped by a signal at step %lld%s\n", static_cast<long long>(s.last_step), rounds ? "; left the run" : "");
+    return 130;
+  }
   return 0;
 }
 
@@ -219,6 +285,10 @@ int main(int argc, char** argv) {
   auto* train = app.add_subcommand("train", "train a model (the embedded demo config by default)");
   add_config_args(train, train_args);
   train->add_option("--resume", resume, "continue from a checkpoint or run directory");
+  JoinArgs join;
+  train->add_option("--coordinator", join.coordinator, "HOST:PORT of the run's coordinator: train as one DiLoCo node of it");
+  train->add_option("--token-file", join.token_file, "file holding the run token (with --coordinator)");
+  train->add_option("--listen", join.listen, "HOST:PORT for the other nodes to reach this one (port 0: the OS picks)");
 
   std::string info_model = "demo", info_config;
   auto* info = app.add_subcommand("info", "parameter count, FLOPs per token and memory of a model, as JSON");
@@ -260,17 +330,21 @@ int main(int argc, char** argv) {
   add_config_args(config, config_args);
   config->add_flag("--list", config_list, "every option with its default, unit and help");
 
-  std::string coord_listen = "0.0.0.0:29500", coord_token_file;
+  std::string coord_listen = "0.0.0.0:29500", coord_token_file, coord_log;
   int coord_timeout_ms = 10000, coord_interval_ms = 0;
   auto* coordinator = app.add_subcommand("coordinator", "run the coordinator of a run: membership, epochs, heartbeats, abort");
   coordinator->add_option("--listen", coord_listen, "HOST:PORT to listen on (port 0: the OS picks; printed)");
   coordinator->add_option("--token-file", coord_token_file, "file holding the run token every peer must prove")->required();
   coordinator->add_option("--heartbeat-timeout-ms", coord_timeout_ms, "a peer silent this long is removed");
   coordinator->add_option("--heartbeat-interval-ms", coord_interval_ms, "how often peers heartbeat (0: a quarter of the timeout)");
+  coordinator->add_option("--log", coord_log, "append the run log (JSON lines: joins, leaves, evictions, rounds) to this file");
 
   CLI11_PARSE(app, argc, argv);
   try {
-    if (*train) return cmd_train(train_args, resume);
+    if (*train) {
+      watch_stop_signals();
+      return cmd_train(train_args, resume, join);
+    }
     if (*info) return cmd_info(info_model, info_config);
     if (*tokenize) return cmd_tokenize(tok_inputs, tok_output, tok_name, tok_options);
     if (*bench_step) {
@@ -278,7 +352,7 @@ int main(int argc, char** argv) {
       return cmd_bench_step(bench_args, bench_steps, bench_warmup);
     }
     if (*config) return cmd_config(config_args, config_list);
-    if (*coordinator) return run_coordinator_command(coord_listen, coord_token_file, coord_timeout_ms, coord_interval_ms);
+    if (*coordinator) return run_coordinator_command(coord_listen, coord_token_file, coord_timeout_ms, coord_interval_ms, coord_log);
     if (*bench_allreduce) {
       std::vector<std::string> args = bench_allreduce->remaining();
       std::vector<char*> argv_bench{const_cast<char*>("meridian bench allreduce")};

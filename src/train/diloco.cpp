@@ -3,6 +3,7 @@
 #include <map>
 
 #include "core/assert.h"
+#include "io/checkpoint.h"
 
 namespace meridian::train {
 
@@ -56,6 +57,8 @@ void OuterOptimizer::copy_theta_to_params() {
     offset += p.numel();
   }
 }
+
+std::string OuterOptimizer::theta_hash() const { return io::tensors_hash({{"theta", theta_}}); }
 
 NamedTensors OuterOptimizer::state() const { return {{"outer.theta", theta_}, {"outer.momentum", momentum_}}; }
 

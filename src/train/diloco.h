@@ -24,18 +24,35 @@
 
 namespace meridian::train {
 
-// Averages a flat fp32 buffer across the nodes of a round; every node must end with the same
-// bytes. The comms layer implements it over the network; LocalReducer is the world of one.
-class PseudoGradientReducer {
+class Trainer;  // train/trainer.h
+
+// What a round cost beyond the inner steps (the "outer" metrics line).
+struct RoundStats {
+  int nodes = 1;                      // members that averaged the pseudo-gradient
+  double barrier_s = 0;               // waiting at round start for the other members (and joiners)
+  double state_sync_s = 0;            // shared-state syncs: hash check, joiners' downloads
+  uint64_t state_bytes_downloaded = 0;
+  double all_reduce_s = 0;            // the pseudo-gradient all-reduce, retries included
+  uint64_t all_reduce_bytes_sent = 0;
+  int retries = 0;                    // all-reduces that failed and ran again with the survivors
+  bool joined = false;                // this node received the run's state (a joiner, or a stale node)
+};
+
+// How the nodes of a round meet: agree on the members at round start (and bring a joiner up
+// to date), then average the flat fp32 pseudo-gradient so that every node ends with the same
+// bytes. LocalReducer is the world of one; ElasticRounds (train/elastic.h) the network.
+class RoundSync {
  public:
-  virtual ~PseudoGradientReducer() = default;
-  virtual Status all_reduce_mean(float* data, size_t count) = 0;
+  virtual ~RoundSync() = default;
+  // Before the first inner step of every round (and at the start of Trainer::run).
+  virtual Status begin_round(Trainer&, RoundStats*) { return Status::ok(); }
+  virtual Status all_reduce_mean(float* data, size_t count, RoundStats* stats) = 0;
   virtual int world_size() const = 0;
 };
 
-class LocalReducer final : public PseudoGradientReducer {
+class LocalReducer final : public RoundSync {
  public:
-  Status all_reduce_mean(float*, size_t) override { return Status::ok(); }
+  Status all_reduce_mean(float*, size_t, RoundStats*) override { return Status::ok(); }
   int world_size() const override { return 1; }
 };
 
@@ -61,6 +78,8 @@ class OuterOptimizer {
   // "outer.theta" and "outer.momentum", both f32 [N].
   NamedTensors state() const;
   std::string load_state(const std::vector<std::pair<std::string, torch::Tensor>>& tensors, int64_t rounds);
+  // XXH3-128 of theta: equal on every node after every round.
+  std::string theta_hash() const;
 
  private:
   std::vector<torch::Tensor> params_;

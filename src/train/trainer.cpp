@@ -92,7 +92,7 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Config& config, TrainerOp
   t->optimizer_ = std::make_unique<AdamW>(named, AdamWOptions{tc.beta1, tc.beta2, tc.eps, tc.weight_decay});
   if (t->config_.diloco.enabled)
     t->outer_ = std::make_unique<OuterOptimizer>(named, OuterOptions{t->config_.diloco.outer_lr, t->config_.diloco.outer_momentum});
-  if (!t->options_.reducer) t->options_.reducer = &t->local_reducer_;
+  if (!t->options_.round_sync) t->options_.round_sync = &t->local_reducer_;
   t->flops_per_token_ = metrics::model_stats(t->config_.model, tc.seq_len).flops_per_token;
   t->peak_flops_ = t->config_.run.peak_tflops > 0 ? t->config_.run.peak_tflops * 1e12 : measure_matmul_flops(t->device_, tc.bf16);
 
@@ -288,7 +288,23 @@ Result<TrainSummary> Trainer::run() {
   double avg_step_s = 0;
   std::deque<double> recent_losses;  // the last kSummaryWindow steps, for the summary
 
-  while (step_ < last) {
+  bool first = true;
+  while (true) {
+    if (outer_ && step_ < last && (first || step_ % config_.diloco.inner_steps == 0)) {
+      MERIDIAN_RETURN_IF_ERROR(begin_round());  // a joiner's step jumps to the run's here
+      if (first) summary.first_step = step_ + 1;
+    }
+    first = false;
+    if (step_ >= last) break;
+    if (options_.stop && options_.stop->load()) {
+      summary.interrupted = true;
+      if (options_.write_run_dir) {
+        auto saved = save_checkpoint();
+        if (!saved) return saved.status();
+        summary.checkpoint = saved.value();
+      }
+      break;
+    }
     StepMetrics m = train_step();
     if (m.step == summary.first_step) summary.first_loss = m.loss;
     avg_step_s = avg_step_s == 0 ? m.step_seconds : 0.9 * avg_step_s + 0.1 * m.step_seconds;
@@ -297,10 +313,13 @@ Result<TrainSummary> Trainer::run() {
     summary.final_loss = std::accumulate(recent_losses.begin(), recent_losses.end(), 0.0) / static_cast<double>(recent_losses.size());
     if (!std::isfinite(m.loss))
       return Status::error(fmt::format("loss is {} at step {}", m.loss, m.step), "lower train.lr or raise train.warmup_steps");
-    if (outer_ && m.step % config_.diloco.inner_steps == 0) MERIDIAN_RETURN_IF_ERROR(outer_step());
+    round_.compute_s += m.step_seconds;
+    round_.loss_sum += m.loss;
+    ++round_.steps;
     if (m.step % tc.log_every == 0 || m.step == last) {
       log_step(m, avg_step_s * static_cast<double>(last - m.step));
     }
+    if (outer_ && m.step % config_.diloco.inner_steps == 0) MERIDIAN_RETURN_IF_ERROR(outer_step());
     const bool eval_now = (tc.eval_every > 0 && m.step % tc.eval_every == 0) || m.step == last;
     if (eval_now) {
       summary.val_loss = evaluate(tc.eval_batches);
@@ -324,6 +343,12 @@ Result<TrainSummary> Trainer::run() {
   return summary;
 }
 
+Status Trainer::begin_round() {
+  round_ = Round{};
+  round_.start = Clock::now();
+  return options_.round_sync->begin_round(*this, &round_.stats);
+}
+
 Status Trainer::outer_step() {
   MERIDIAN_ASSERT(outer_ != nullptr, "outer_step without diloco.enabled");
   const auto t0 = Clock::now();
@@ -331,22 +356,88 @@ Status Trainer::outer_step() {
   const double local_norm = delta.norm().item<double>();
   // The reducer works on host memory; a device buffer makes a round trip.
   torch::Tensor host = delta.device().is_cpu() ? delta : delta.to(torch::kCPU);
-  MERIDIAN_RETURN_IF_ERROR(options_.reducer->all_reduce_mean(host.data_ptr<float>(), static_cast<size_t>(host.numel())));
+  RoundStats& rs = round_.stats;
+  MERIDIAN_RETURN_IF_ERROR(options_.round_sync->all_reduce_mean(host.data_ptr<float>(), static_cast<size_t>(host.numel()), &rs));
   if (!delta.device().is_cpu()) delta.copy_(host);
   outer_->step(delta);
-  const double sync_s = seconds_since(t0);
-  const std::string hash = io::tensors_hash({{"theta", outer_->state()[0].second}});
+  const double outer_s = seconds_since(t0);
+  const double round_s = seconds_since(round_.start);
+  const double utilization = round_s > 0 ? round_.compute_s / round_s : 0.0;
+  const double loss = round_.steps > 0 ? round_.loss_sum / static_cast<double>(round_.steps) : 0.0;
+  const double gbit = rs.all_reduce_s > 0 ? rs.all_reduce_bytes_sent * 8.0 / rs.all_reduce_s / 1e9 : 0.0;
+  const std::string hash = outer_->theta_hash();
   if (options_.out) {
-    std::fprintf(options_.out, "outer  round %lld | step %lld | nodes %d | |delta| %.4f | sync %.3f s | theta %s\n",
-                 static_cast<long long>(outer_->rounds()), static_cast<long long>(step_), options_.reducer->world_size(), local_norm, sync_s,
-                 hash.substr(0, 16).c_str());
+    std::fprintf(options_.out,
+                 "outer  round %lld | step %lld | nodes %d | loss %.4f | |delta| %.4f | all-reduce %.3f s %.2f MB %.3f Gbit/s%s | "
+                 "barrier %.3f s | state sync %.3f s | util %.1f%% | theta %s\n",
+                 static_cast<long long>(outer_->rounds()), static_cast<long long>(step_), rs.nodes, loss, local_norm, rs.all_reduce_s,
+                 rs.all_reduce_bytes_sent / 1e6, gbit, rs.retries > 0 ? fmt::format(" ({} retries)", rs.retries).c_str() : "",
+                 rs.barrier_s, rs.state_sync_s, 100.0 * utilization, hash.substr(0, 16).c_str());
     std::fflush(options_.out);
   }
-  nlohmann::ordered_json j{{"type", "outer"},        {"round", outer_->rounds()},   {"step", step_},
-                           {"nodes", options_.reducer->world_size()}, {"pseudo_grad_norm", local_norm},
-                           {"sync_s", sync_s},        {"outer_hash", hash}};
+  nlohmann::ordered_json j{{"type", "outer"},
+                           {"round", outer_->rounds()},
+                           {"step", step_},
+                           {"nodes", rs.nodes},
+                           {"loss", loss},
+                           {"ppl", std::exp(loss)},
+                           {"pseudo_grad_norm", local_norm},
+                           {"sync_s", rs.barrier_s + rs.state_sync_s + rs.all_reduce_s},
+                           {"barrier_s", rs.barrier_s},
+                           {"state_sync_s", rs.state_sync_s},
+                           {"state_bytes_downloaded", rs.state_bytes_downloaded},
+                           {"all_reduce_s", rs.all_reduce_s},
+                           {"bytes_sent", rs.all_reduce_bytes_sent},
+                           {"gbit_per_s", gbit},
+                           {"retries", rs.retries},
+                           {"joined", rs.joined},
+                           {"outer_s", outer_s},
+                           {"round_s", round_s},
+                           {"compute_s", round_.compute_s},
+                           {"utilization", utilization},
+                           {"params", outer_->numel()},
+                           {"outer_hash", hash}};
   metrics_.write(j.dump());
   return Status::ok();
+}
+
+void Trainer::set_progress(int64_t step, int64_t tokens_seen) {
+  step_ = step;
+  tokens_seen_ = tokens_seen;
+}
+
+std::string Trainer::data_cursor() const {
+  if (mixture_) return mixture_->cursor().to_json();
+  const auto c = train_data_ ? train_data_->cursor() : data::LoaderCursor{};
+  return nlohmann::ordered_json{{"epoch", c.epoch}, {"position", c.position}}.dump();
+}
+
+Status Trainer::set_data_cursor(const std::string& text) {
+  if (mixture_) {
+    auto cursor = data::MixtureCursor::from_json(text);
+    if (!cursor) return cursor.status();
+    return mixture_->set_cursor(cursor.value());
+  }
+  if (!train_data_) return Status::ok();  // synthetic data has no cursor
+  data::LoaderCursor c;
+  try {
+    const auto j = nlohmann::json::parse(text);
+    c.epoch = j.at("epoch").get<uint64_t>();
+    c.position = j.at("position").get<uint64_t>();
+  } catch (const std::exception& e) {
+    return Status::error(std::string("data cursor is not {\"epoch\":E,\"position\":P}: ") + e.what(),
+                         "every node of a run must train on the same data settings (data.mixture or data.train_path)");
+  }
+  if (c.position >= train_data_->num_sequences())
+    return Status::error(fmt::format("data cursor {} is past the {} sequences of {}", c.position, train_data_->num_sequences(), config_.data.train_path),
+                         "every node of a run must use the same data.train_path and train.seq_len");
+  train_data_->set_cursor(c);
+  return Status::ok();
+}
+
+void Trainer::set_data_shard(int rank, int world) {
+  if (mixture_) mixture_->set_shard(rank, world);
+  if (train_data_) train_data_->set_shard(rank, world);
 }
 
 Result<std::string> Trainer::save_checkpoint() {

@@ -1,13 +1,16 @@
 // The single-node trainer: the inner loop of DESIGN.md section 1. It owns the model, the AdamW
 // state, the data loaders, the run directory (resolved config, metrics.jsonl, checkpoints) and
-// the counters, and can resume bit-exactly from a checkpoint. DiLoCo's outer loop drives the
-// same train_step() (see train/diloco.* when it lands).
+// the counters, and can resume bit-exactly from a checkpoint. With diloco.enabled, run() ends a
+// round every diloco.inner_steps steps with the outer step (train/diloco.h); a RoundSync joins
+// the round with the other nodes (train/elastic.h over the network, or this node alone).
 //
-// Deliberately not here: anything distributed, tokenization, parsing of the CLI.
+// Deliberately not here: the network (RoundSync's implementations), tokenization, the CLI.
 #pragma once
 
 #include <torch/torch.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <functional>
 #include <memory>
@@ -47,6 +50,7 @@ struct TrainSummary {
   double tokens_per_s = 0;
   std::string checkpoint;  // directory of the final checkpoint
   std::string state_hash;
+  bool interrupted = false;  // TrainerOptions::stop was raised before the last step
 };
 
 struct TrainerOptions {
@@ -54,8 +58,10 @@ struct TrainerOptions {
   std::FILE* out = stdout;     // progress lines; nullptr = silent
   bool write_run_dir = true;   // resolved config, metrics.jsonl, checkpoints
   bool synthetic_data = false; // random tokens instead of shards (benchmarks)
-  // Averages pseudo-gradients across nodes when diloco.enabled; nullptr: this node alone.
-  PseudoGradientReducer* reducer = nullptr;
+  // Meets the other nodes of each round when diloco.enabled; nullptr: this node alone.
+  RoundSync* round_sync = nullptr;
+  // Raised (by a signal handler) to stop after the current step with a checkpoint.
+  const std::atomic<bool>* stop = nullptr;
 };
 
 class Trainer {
@@ -76,6 +82,18 @@ class Trainer {
 
   // XXH3-128 of every parameter, optimizer moment, the step and the data cursor.
   std::string state_hash() const;
+
+  // For RoundSync implementations (DiLoCo across nodes): the run's state every node holds alike
+  // (outer optimizer, counters, data cursor) and this node's own (the inner optimizer).
+  OuterOptimizer* outer() { return outer_.get(); }
+  AdamW& inner_optimizer() { return *optimizer_; }
+  int64_t tokens_seen() const { return tokens_seen_; }
+  void set_progress(int64_t step, int64_t tokens_seen);
+  // The training data cursor as text (a mixture's JSON, or {"epoch":E,"position":P}).
+  std::string data_cursor() const;
+  Status set_data_cursor(const std::string& text);
+  // This node's share of every batch row's draws (data/loader.h): rank r of `world`.
+  void set_data_shard(int rank, int world);
   model::Llama& model() { return model_; }
   int64_t step() const { return step_; }
   const Config& config() const { return config_; }
@@ -90,6 +108,16 @@ class Trainer {
   void next_batch(const std::function<void(int64_t*, int64_t*)>& fill, torch::Tensor& inputs, torch::Tensor& targets);
   void next_train_batch(torch::Tensor& inputs, torch::Tensor& targets);  // mixture, shards or synthetic
   void log_step(const StepMetrics& m, double eta_seconds);
+  Status begin_round();
+
+  // The round in progress (diloco.enabled).
+  struct Round {
+    std::chrono::steady_clock::time_point start;
+    double compute_s = 0;  // inner steps
+    double loss_sum = 0;
+    int64_t steps = 0;
+    RoundStats stats;
+  };
 
   Config config_;
   TrainerOptions options_;
@@ -98,6 +126,7 @@ class Trainer {
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<OuterOptimizer> outer_;  // set when diloco.enabled
   LocalReducer local_reducer_;
+  Round round_;
   std::vector<torch::Tensor> params_;
   std::optional<data::TokenLoader> train_data_;   // data.train_path
   std::optional<data::MixtureLoader> mixture_;    // data.mixture (instead of train_data_)

@@ -240,13 +240,13 @@ TEST_F(NetProcessTest, WrongTokenRefusedOnBothSides) {
 }
 
 TEST_F(NetProcessTest, OtherProtocolVersionRefusedOnBothSides) {
-  auto peer = start_peer(1, 1, 10, {"--protocol-version", "2"});
+  auto peer = start_peer(1, 1, 10, {"--protocol-version", "1"});
   EXPECT_EQ(peer->wait_exit(10000), 1);
   const std::string peer_err = peer->stderr_text();
-  EXPECT_NE(peer_err.find("protocol version 2 is not supported"), std::string::npos) << peer_err;
-  const std::string coord_err = coordinator_->stderr_text("protocol version 2", 5000);
+  EXPECT_NE(peer_err.find("protocol version 1 is not supported"), std::string::npos) << peer_err;
+  const std::string coord_err = coordinator_->stderr_text("protocol version 1", 5000);
   EXPECT_NE(coord_err.find("refused connection from"), std::string::npos) << coord_err;
-  EXPECT_NE(coord_err.find("protocol version 2 is not supported"), std::string::npos) << coord_err;
+  EXPECT_NE(coord_err.find("protocol version 1 is not supported"), std::string::npos) << coord_err;
 }
 
 // Bytes sent on a fresh connection to the coordinator; returns true if the coordinator closes it.

@@ -1,0 +1,264 @@
+#include "train/elastic.h"
+
+#include <fmt/format.h>
+
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <span>
+
+#include "config/config.h"
+#include "core/assert.h"
+#include "train/trainer.h"
+
+namespace meridian::train {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+constexpr const char* kTheta = "outer.theta";
+constexpr const char* kMomentum = "outer.momentum";
+constexpr const char* kCounters = "run.counters";      // i64 [step, tokens_seen, outer rounds]
+constexpr const char* kCursor = "run.data_cursor";     // text
+constexpr const char* kModelHash = "run.model_hash";   // text
+constexpr const char* kInnerStep = "inner.step";       // i64 [AdamW step count]
+constexpr const char* kInnerPrefix = "inner.";
+
+net::BufferDtype dtype_of(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat: return net::BufferDtype::kF32;
+    case torch::kHalf: return net::BufferDtype::kF16;
+    case torch::kBFloat16: return net::BufferDtype::kBf16;
+    case torch::kLong: return net::BufferDtype::kI64;
+    case torch::kInt: return net::BufferDtype::kI32;
+    case torch::kByte: return net::BufferDtype::kU8;
+    default: return net::BufferDtype::kBytes;
+  }
+}
+
+std::span<const std::byte> bytes_of(const torch::Tensor& t) {
+  return {reinterpret_cast<const std::byte*>(t.data_ptr()), t.nbytes()};
+}
+
+void put_tensor(net::SharedState& state, const std::string& name, const torch::Tensor& t) {
+  const torch::Tensor host = t.detach().to(torch::kCPU).contiguous();
+  state.put(name, dtype_of(host.scalar_type()), bytes_of(host));
+}
+
+void put_text(net::SharedState& state, const std::string& name, const std::string& text) {
+  state.put(name, net::BufferDtype::kBytes, std::span<const std::byte>(reinterpret_cast<const std::byte*>(text.data()), text.size()));
+}
+
+std::string text_of(const net::SharedState::Buffer& b) { return std::string(reinterpret_cast<const char*>(b.bytes.data()), b.bytes.size()); }
+
+// A CPU tensor shaped and typed like `like`, holding the buffer's bytes (which must fit).
+Result<torch::Tensor> tensor_like(const net::SharedState& state, const std::string& name, const torch::Tensor& like) {
+  const auto* b = state.find(name);
+  if (b == nullptr) return Status::error("the run's state has no buffer '" + name + "'");
+  if (b->dtype != dtype_of(like.scalar_type()) || b->bytes.size() != like.nbytes())
+    return Status::error(fmt::format("the run's '{}' is {} bytes of {}, this node's is {} bytes of {}", name, b->bytes.size(),
+                                     net::buffer_dtype_name(b->dtype), like.nbytes(), net::buffer_dtype_name(dtype_of(like.scalar_type()))),
+                         "start every node of a run with the same [model] and [train] settings");
+  torch::Tensor t = torch::empty(like.sizes(), torch::TensorOptions().dtype(like.scalar_type()));
+  std::memcpy(t.data_ptr(), b->bytes.data(), b->bytes.size());
+  return t;
+}
+
+std::string join_ids(const std::vector<net::PeerId>& ids) {
+  std::string s;
+  for (auto id : ids) s += (s.empty() ? "" : ",") + std::to_string(id);
+  return s;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<ElasticRounds>> ElasticRounds::connect(ElasticOptions options) {
+  std::unique_ptr<ElasticRounds> r(new ElasticRounds(std::move(options)));
+  if (r->options_.fault_for_tests == "serve_joiner") {
+    ElasticRounds* self = r.get();
+    r->options_.comm.before_sync_transfer_for_tests = [self] {
+      if (self->serving_joiners_) ::raise(SIGKILL);
+    };
+  }
+  auto comm = net::Communicator::connect(r->options_.comm);
+  if (!comm) return comm.status();
+  r->comm_ = std::move(comm.value());
+  if (r->options_.out) {
+    std::fprintf(r->options_.out, "# joined the run at %s as peer %u (mesh %s)%s\n", r->options_.comm.coordinator_address.c_str(),
+                 static_cast<unsigned>(r->comm_->peer_id()), r->comm_->listen_address().c_str(),
+                 r->has_state_ ? "; offers its resumed state" : "; waits for the next round start");
+    std::fflush(r->options_.out);
+  }
+  return r;
+}
+
+int ElasticRounds::world_size() const { return static_cast<int>(std::max<size_t>(1, comm_->view().members.size())); }
+
+Status ElasticRounds::leave() { return comm_->leave(); }
+
+Status ElasticRounds::begin_round(Trainer& trainer, RoundStats* stats) {
+  trainer_ = &trainer;
+  MERIDIAN_RETURN_IF_ERROR(meet(trainer, /*admit_joiners=*/true, stats));
+  trainer.set_data_shard(static_cast<int>(comm_->rank()), world_size());
+  trainer.outer()->copy_theta_to_params();
+  stats->nodes = world_size();
+  return Status::ok();
+}
+
+Status ElasticRounds::all_reduce_mean(float* data, size_t count, RoundStats* stats) {
+  if (options_.fault_for_tests == fmt::format("all_reduce:{}", trainer_->outer()->rounds() + 1)) ::raise(SIGKILL);
+  for (;;) {
+    stats->nodes = world_size();
+    net::OpStats op;
+    const net::NetStatus st = comm_->all_reduce(data, count, options_.codec, net::ReduceOp::kMean, &op);
+    stats->all_reduce_s += op.seconds;
+    stats->all_reduce_bytes_sent += op.bytes_sent;
+    if (st.is_ok()) return Status::ok();
+    ++stats->retries;
+    if (options_.out) {
+      std::fprintf(options_.out, "# all-reduce failed (%s); meeting the survivors and retrying\n", st.to_string().c_str());
+      std::fflush(options_.out);
+    }
+    MERIDIAN_ASSERT(trainer_ != nullptr, "all_reduce_mean before begin_round");
+    MERIDIAN_RETURN_IF_ERROR(meet(*trainer_, /*admit_joiners=*/false, stats));
+  }
+}
+
+Status ElasticRounds::meet(Trainer& trainer, bool admit_joiners, RoundStats* stats) {
+  for (;;) {
+    const auto t0 = Clock::now();
+    // min_nodes holds only the first barrier: later, a run that lost nodes must go on.
+    Status st = comm_->update_topology(has_view_ ? 0 : options_.min_nodes, admit_joiners);
+    stats->barrier_s += seconds_since(t0);
+    if (!st.is_ok()) return st.with_context("round start");
+    has_view_ = true;
+    log_view_change();
+    net::NetStatus ns = sync_run_state(trainer, stats);
+    if (!fatal_.is_ok()) return fatal_;
+    if (ns.is_ok() && comm_->view().epoch != inner_synced_epoch_) {
+      ns = sync_inner_state(trainer, stats);
+      if (!fatal_.is_ok()) return fatal_;
+      if (ns.is_ok()) inner_synced_epoch_ = comm_->view().epoch;
+    }
+    if (ns.is_ok()) return Status::ok();
+    if (options_.out) {
+      std::fprintf(options_.out, "# state sync failed (%s); meeting again\n", ns.to_string().c_str());
+      std::fflush(options_.out);
+    }
+  }
+}
+
+void ElasticRounds::log_view_change() {
+  std::vector<net::PeerId> now;
+  for (const auto& m : comm_->view().members) now.push_back(m.peer_id);
+  if (now == members_) return;
+  std::vector<net::PeerId> joined, left;
+  for (auto id : now)
+    if (std::find(members_.begin(), members_.end(), id) == members_.end()) joined.push_back(id);
+  for (auto id : members_)
+    if (std::find(now.begin(), now.end(), id) == now.end()) left.push_back(id);
+  serving_joiners_ = !members_.empty() && !joined.empty();
+  members_ = now;
+  if (!options_.out) return;
+  std::fprintf(options_.out, "# view epoch %llu: %zu nodes [%s], this node rank %zu%s%s\n",
+               static_cast<unsigned long long>(comm_->view().epoch), now.size(), join_ids(now).c_str(), comm_->rank(),
+               joined.empty() ? "" : fmt::format("; joined {}", join_ids(joined)).c_str(),
+               left.empty() ? "" : fmt::format("; gone {}", join_ids(left)).c_str());
+  std::fflush(options_.out);
+}
+
+net::NetStatus ElasticRounds::sync_run_state(Trainer& trainer, RoundStats* stats) {
+  OuterOptimizer& outer = *trainer.outer();
+  const std::string model = model_hash(trainer.config().model);
+  net::SharedState state;
+  if (has_state_) {
+    for (const auto& [name, t] : outer.state()) put_tensor(state, name, t);
+    put_tensor(state, kCounters, torch::tensor({trainer.step(), trainer.tokens_seen(), outer.rounds()}, torch::kLong));
+    put_text(state, kCursor, trainer.data_cursor());
+    put_text(state, kModelHash, model);
+    state.set_revision(static_cast<uint64_t>(outer.rounds()));
+  }
+  net::SyncOpStats ss;
+  const net::NetStatus st = comm_->sync_shared_state(state, &ss);
+  stats->state_sync_s += ss.seconds;
+  stats->state_bytes_downloaded += ss.bytes_downloaded;
+  if (!st.is_ok()) return st;
+  if ((ss.buffers_downloaded > 0 || !has_state_) && !state.buffers().empty()) {
+    // This node was fresh or stale: take the run's state.
+    auto fail = [&](const Status& why) {
+      fatal_ = why.with_context("joining the run");
+      return net::NetStatus::error(net::NetCode::kProtocol, net::kNoPeer, why.message());
+    };
+    const auto* hash = state.find(kModelHash);
+    if (hash == nullptr || text_of(*hash) != model)
+      return fail(Status::error("the run trains another model shape than this node's config",
+                                "start every node with the run's [model] settings (same preset or config file)"));
+    auto theta = tensor_like(state, kTheta, outer.state()[0].second);
+    auto momentum = tensor_like(state, kMomentum, outer.state()[1].second);
+    auto counters = tensor_like(state, kCounters, torch::zeros({3}, torch::kLong));
+    if (!theta) return fail(theta.status());
+    if (!momentum) return fail(momentum.status());
+    if (!counters) return fail(counters.status());
+    const auto* c = counters->data_ptr<int64_t>();
+    const std::string err = outer.load_state({{kTheta, theta.value()}, {kMomentum, momentum.value()}}, c[2]);
+    if (!err.empty()) return fail(Status::error(err));
+    trainer.set_progress(c[0], c[1]);
+    const auto* cursor = state.find(kCursor);
+    if (cursor == nullptr) return fail(Status::error("the run's state has no data cursor"));
+    if (Status cs = trainer.set_data_cursor(text_of(*cursor)); !cs.is_ok()) return fail(cs);
+    stats->joined = true;
+    if (options_.out) {
+      std::fprintf(options_.out, "# received the run state: step %lld, round %lld, %.2f MB in %.3f s (%.2f Gbit/s)\n",
+                   static_cast<long long>(c[0]), static_cast<long long>(c[2]), ss.bytes_downloaded / 1e6, ss.transfer_seconds,
+                   ss.gbit_per_s());
+      std::fflush(options_.out);
+    }
+  }
+  has_state_ = true;
+  return st;
+}
+
+net::NetStatus ElasticRounds::sync_inner_state(Trainer& trainer, RoundStats* stats) {
+  AdamW& adam = trainer.inner_optimizer();
+  const NamedTensors own = adam.state();
+  net::SharedState state;
+  if (!needs_inner_) {
+    for (const auto& [name, t] : own) put_tensor(state, kInnerPrefix + name, t);
+    put_tensor(state, kInnerStep, torch::tensor({adam.step_count()}, torch::kLong));
+  }
+  net::SyncOpStats ss;
+  const net::NetStatus st = comm_->sync_shared_state(state, &ss);
+  stats->state_sync_s += ss.seconds;
+  stats->state_bytes_downloaded += ss.bytes_downloaded;
+  if (!st.is_ok()) return st;
+  if (needs_inner_ && !state.buffers().empty()) {
+    auto fail = [&](const Status& why) {
+      fatal_ = why.with_context("receiving an inner optimizer state");
+      return net::NetStatus::error(net::NetCode::kProtocol, net::kNoPeer, why.message());
+    };
+    std::vector<std::pair<std::string, torch::Tensor>> tensors;
+    for (const auto& [name, t] : own) {
+      auto got = tensor_like(state, kInnerPrefix + name, t);
+      if (!got) return fail(got.status());
+      tensors.emplace_back(name, got.value());
+    }
+    auto step = tensor_like(state, kInnerStep, torch::zeros({1}, torch::kLong));
+    if (!step) return fail(step.status());
+    const std::string err = adam.load_state(tensors, step->data_ptr<int64_t>()[0]);
+    if (!err.empty()) return fail(Status::error(err));
+    if (options_.out) {
+      std::fprintf(options_.out, "# received an inner optimizer state (AdamW step %lld), %.2f MB\n",
+                   static_cast<long long>(step->data_ptr<int64_t>()[0]), ss.bytes_downloaded / 1e6);
+      std::fflush(options_.out);
+    }
+  }
+  needs_inner_ = false;
+  return st;
+}
+
+}  // namespace meridian::train

@@ -1,0 +1,336 @@
+#!/usr/bin/env python3
+"""DiLoCo across nodes, with real processes: a coordinator and `meridian train --coordinator`
+nodes on loopback, killed, stopped and restarted.
+
+Usage: diloco_test.py MERIDIAN_BINARY CASE [DILOCO_REFERENCE_BINARY]
+Every case asserts that the run goes on, that every node that trained a round ends it with the
+same outer-parameter hash (the metrics' "outer" lines), and that the loss falls. Each wait has a
+deadline; every process is killed at the end. Prints "N passed, N failed"; exit 1 on a failure.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+BIN = os.path.abspath(sys.argv[1])
+CASE = sys.argv[2]
+REFERENCE = os.path.abspath(sys.argv[3]) if len(sys.argv) > 3 else None
+WORK = tempfile.mkdtemp(prefix="diloco_test_")
+TOKEN = os.path.join(WORK, "token")
+procs = []
+results = {"passed": 0, "failed": 0}
+
+
+def check(what, ok, detail=""):
+    results["passed" if ok else "failed"] += 1
+    print(("ok   " if ok else "FAIL ") + what + ("" if ok or not detail else "\n  " + str(detail)), flush=True)
+    return ok
+
+
+def start(name, args, env_extra=None):
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    log = open(os.path.join(WORK, name + ".log"), "w")
+    p = subprocess.Popen([BIN] + args, cwd=WORK, stdout=log, stderr=subprocess.STDOUT, env=env)
+    p.name = name
+    procs.append(p)
+    return p
+
+
+def log_of(name):
+    with open(os.path.join(WORK, name + ".log"), errors="replace") as f:
+        return f.read()
+
+
+def wait_for(what, predicate, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    check("in time: " + what, False, "no result within %d s" % timeout)
+    return False
+
+
+def coordinator(name="coord", port=0):
+    p = start(name, ["coordinator", "--listen", "127.0.0.1:%d" % port, "--token-file", TOKEN,
+                     "--heartbeat-timeout-ms", "3000", "--log", os.path.join(WORK, "run.jsonl")])
+    address = []
+
+    def listening():
+        for line in log_of(name).splitlines():
+            if line.startswith("meridian coordinator listening on "):
+                address.append(line.split()[-1])
+                return True
+        return p.poll() is not None
+
+    wait_for("coordinator listening", listening, 30)
+    return address[0] if address else "127.0.0.1:1"
+
+
+def node(name, coord, steps=0, H=10, min_nodes=1, codec="int8", env_extra=None, resume=False, extra=()):
+    common = ["--coordinator", coord, "--token-file", TOKEN, "--set", "train.threads=1"]
+    if resume:
+        return start(name + "-2", ["train", "--resume", os.path.join(WORK, name)] + common + list(extra), env_extra)
+    return start(name, ["train", "--preset", "tiny", "--set", "data.train_path=shards/train", "--set", "data.val_path=shards/val",
+                        "--set", "run.dir=" + name, "--set", "run.peak_tflops=1", "--set", "train.log_every=10",
+                        "--set", "train.steps=%d" % steps, "--set", "train.warmup_steps=5", "--set", "diloco.enabled=true",
+                        "--set", "diloco.inner_steps=%d" % H, "--set", "diloco.min_nodes=%d" % min_nodes,
+                        "--set", "diloco.codec=" + codec] + common + list(extra), env_extra)
+
+
+def outer(name):
+    """The node's outer lines, by round (the last line of a round wins: a resumed node repeats none)."""
+    path = os.path.join(WORK, name, "metrics.jsonl")
+    rounds = {}
+    if not os.path.exists(path):
+        return rounds
+    with open(path) as f:
+        for line in f:
+            try:
+                j = json.loads(line)
+            except ValueError:
+                continue  # a line being written
+            if j.get("type") == "outer":
+                rounds[j["round"]] = j
+    return rounds
+
+
+def wait_exit(p, timeout=180):
+    try:
+        return p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        check("in time: %s exits" % p.name, False)
+        return None
+
+
+def hashes_agree(names, first_round=1):
+    """Every round that two or more of the nodes trained has one hash."""
+    by_round = {}
+    for n in names:
+        for r, j in outer(n).items():
+            if r >= first_round:
+                by_round.setdefault(r, set()).add(j["outer_hash"])
+    bad = {r: h for r, h in by_round.items() if len(h) != 1}
+    return check("outer hashes equal on %s in every round (%d rounds)" % (",".join(names), len(by_round)),
+                 not bad and by_round, bad or "no rounds")
+
+
+def loss_falls(name):
+    rounds = outer(name)
+    if len(rounds) < 4:
+        return check("loss falls on " + name, False, "only %d rounds" % len(rounds))
+    keys = sorted(rounds)
+    first = sum(rounds[k]["loss"] for k in keys[:2]) / 2
+    last = sum(rounds[k]["loss"] for k in keys[-2:]) / 2
+    return check("loss falls on %s: %.3f -> %.3f" % (name, first, last), last < first - 0.1)
+
+
+def finished(p, name):
+    code = wait_exit(p)
+    return check("%s finished (exit %s)" % (name, code), code == 0, log_of(p.name)[-1500:])
+
+
+def round_reached(name, r):
+    return lambda: max(outer(name), default=0) >= r
+
+
+def setup():
+    with open(TOKEN, "w") as f:
+        f.write("diloco-test-token-" + str(os.getpid()) + "\n")
+    corpus = os.path.join(WORK, "corpus.txt")
+    with open(corpus, "w") as out:
+        for path in ("/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/Apache-2.0"):
+            with open(path) as f:
+                for para in f.read().split("\n\n"):
+                    out.write(para.strip() + "\n%\n")
+    subprocess.run([BIN, "tokenize", "--input", corpus, "--output", os.path.join(WORK, "shards"), "--val-fraction", "0.05",
+                    "--doc-separator", "%"], check=True, stdout=subprocess.DEVNULL)
+
+
+def case_exact():
+    """2 nodes with the fp32 codec equal, bit for bit, the single-process reference after 3 rounds."""
+    coord = coordinator()
+    args = dict(steps=12, H=4, min_nodes=2, codec="fp32")
+    a, b = node("a", coord, **args), node("b", coord, **args)
+    finished(a, "a")
+    finished(b, "b")
+    hashes_agree(["a", "b"])
+    check("3 rounds with 2 nodes", [j["nodes"] for j in outer("a").values()] == [2, 2, 2], outer("a"))
+    ref = subprocess.run([REFERENCE, os.path.join(WORK, "a"), "data.train_path=shards/train",
+                          "data.val_path=shards/val", "run.peak_tflops=1", "train.threads=1", "train.steps=12",
+                          "train.warmup_steps=5", "diloco.enabled=true", "diloco.inner_steps=4"],
+                         cwd=WORK, capture_output=True, text=True, timeout=300)
+    print(ref.stdout, end="")
+    check("the nodes' parameters equal the reference's bit for bit", ref.returncode == 0, ref.stderr)
+    # The reference's per-round hashes equal the nodes'.
+    ref_hashes = [line.split()[-1] for line in ref.stdout.splitlines() if line.startswith("reference round")]
+    node_hashes = [outer("a")[r]["outer_hash"][:16] for r in sorted(outer("a"))]
+    check("per-round theta hashes equal the reference's", ref_hashes == node_hashes, (ref_hashes, node_hashes))
+
+
+def case_kill_inner():
+    """SIGKILL of a node during its inner steps: the others go on without it."""
+    coord = coordinator()
+    args = dict(steps=300, H=10, min_nodes=3)
+    a, b, c = node("a", coord, **args), node("b", coord, **args), node("c", coord, **args)
+    wait_for("round 3 on c", round_reached("c", 3))
+    c.send_signal(signal.SIGKILL)
+    c.wait()
+    killed_after = max(outer("c"))
+    # int8 all-reduce bytes per node: 2(N-1)/N x parameters x 1 byte (plus block scales, headers).
+    r1 = outer("a")[1]
+    expected = 2 * (3 - 1) / 3 * r1["params"]
+    check("round 1 bytes sent %d = %.3f x 2(N-1)/N x params (within 5%%)" % (r1["bytes_sent"], r1["bytes_sent"] / expected),
+          abs(r1["bytes_sent"] / expected - 1) < 0.05)
+    finished(a, "a")
+    finished(b, "b")
+    hashes_agree(["a", "b", "c"])
+    last = outer("a")[max(outer("a"))]
+    check("the survivors end with 2 nodes", last["nodes"] == 2, last)
+    check("the survivors trained every round", sorted(outer("a")) == list(range(1, 31)), sorted(outer("a")))
+    check("c was gone after round %d" % killed_after, all(j["nodes"] == 2 for r, j in outer("a").items() if r > killed_after + 1))
+    loss_falls("a")
+
+
+def case_kill_all_reduce():
+    """SIGKILL of a node as the others are in round 3's all-reduce: they retry without it."""
+    coord = coordinator()
+    args = dict(steps=100, H=10, min_nodes=3)
+    a, b = node("a", coord, **args), node("b", coord, **args)
+    c = node("c", coord, env_extra={"MERIDIAN_TEST_FAULT": "all_reduce:3"}, **args)
+    check("c died in round 3's all-reduce", wait_exit(c) == -signal.SIGKILL)
+    finished(a, "a")
+    finished(b, "b")
+    r3 = outer("a").get(3, {})
+    check("round 3 was retried and averaged over the 2 survivors", r3.get("retries", 0) >= 1 and r3.get("nodes") == 2, r3)
+    check("rounds 1-2 had 3 nodes", [outer("a")[r]["nodes"] for r in (1, 2)] == [3, 3])
+    hashes_agree(["a", "b", "c"])
+    loss_falls("a")
+
+
+def case_all_but_one_die():
+    """Every peer but one dies: that one keeps training alone."""
+    coord = coordinator()
+    args = dict(steps=200, H=10, min_nodes=3)
+    a, b, c = node("a", coord, **args), node("b", coord, **args), node("c", coord, **args)
+    wait_for("round 3 on a", round_reached("a", 3))
+    for p in (b, c):
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    finished(a, "a")
+    check("a trained every round", sorted(outer("a")) == list(range(1, 21)))
+    check("a ends alone", outer("a")[20]["nodes"] == 1, outer("a")[20])
+    hashes_agree(["a", "b", "c"])
+    loss_falls("a")
+
+
+def case_join():
+    """A node started mid-run receives the state at the next round start and trains with the others."""
+    coord = coordinator()
+    args = dict(steps=300, H=10, min_nodes=2)
+    a, b = node("a", coord, **args), node("b", coord, **args)
+    wait_for("round 2 on a", round_reached("a", 2))
+    d = node("d", coord, **args)
+    finished(a, "a")
+    finished(b, "b")
+    finished(d, "d")
+    rounds_d = outer("d")
+    first = min(rounds_d, default=None)
+    check("d joined mid-run (first round %s)" % first, first is not None and first > 2)
+    check("d received the state at its first round", first is not None and rounds_d[first]["joined"] and
+          rounds_d[first]["state_bytes_downloaded"] > 0, rounds_d.get(first))
+    check("d ends at the run's last round", max(rounds_d, default=0) == 30)
+    check("3 nodes once d is in", all(outer("a")[r]["nodes"] == 3 for r in range(first, 31)) if first else False)
+    hashes_agree(["a", "b", "d"])
+    check("the joiner's log shows the state it received", "received the run state" in log_of("d") and
+          "received an inner optimizer state" in log_of("d"), log_of("d")[-2000:])
+    loss_falls("d")
+
+
+def case_kill_transfer():
+    """The node a joiner downloads from is SIGKILLed as the transfer starts: the sync fails
+    cleanly, the joiner gets the state from the others at the retry."""
+    coord = coordinator()
+    args = dict(steps=300, H=10, min_nodes=3)
+    a, b = node("a", coord, **args), node("b", coord, **args)
+    c = node("c", coord, env_extra={"MERIDIAN_TEST_FAULT": "serve_joiner"}, **args)
+    wait_for("round 2 on a", round_reached("a", 2))
+    d = node("d", coord, **args)
+    check("c died serving the joiner", wait_exit(c) == -signal.SIGKILL)
+    finished(a, "a")
+    finished(b, "b")
+    finished(d, "d")
+    check("d trained to the end", max(outer("d"), default=0) == 30)
+    hashes_agree(["a", "b", "d"])
+    loss_falls("d")
+
+
+def case_leave_rejoin():
+    """SIGTERM: the node leaves gracefully (checkpoint, exit 130); resumed later, it rejoins."""
+    coord = coordinator()
+    args = dict(steps=400, H=10, min_nodes=3)
+    a, b, c = node("a", coord, **args), node("b", coord, **args), node("c", coord, **args)
+    wait_for("round 3 on c", round_reached("c", 3))
+    c.send_signal(signal.SIGTERM)
+    code = wait_exit(c, 60)
+    check("c left gracefully (exit 130)", code == 130 and "left the run" in log_of("c"), log_of("c")[-1500:])
+    left_after = max(outer("c"))
+    wait_for("round %d on a" % (left_after + 3), round_reached("a", left_after + 3))
+    c2 = node("c", coord, resume=True)
+    finished(a, "a")
+    finished(b, "b")
+    finished(c2, "c (resumed)")
+    rounds_c = outer("c")
+    check("c trained again after rejoining", max(rounds_c) == 40 and any(j["joined"] for j in rounds_c.values()),
+          sorted(rounds_c))
+    hashes_agree(["a", "b", "c"])
+    loss_falls("a")
+
+
+def case_coordinator_restart():
+    """The coordinator is SIGKILLed and restarted on the same port: the nodes go on."""
+    coord = coordinator()
+    port = int(coord.rsplit(":", 1)[1])
+    args = dict(steps=300, H=10, min_nodes=2)
+    a, b = node("a", coord, **args), node("b", coord, **args)
+    wait_for("round 3 on a", round_reached("a", 3))
+    procs[0].send_signal(signal.SIGKILL)
+    procs[0].wait()
+    killed_at = max(outer("a"))
+    coordinator("coord2", port)
+    finished(a, "a")
+    finished(b, "b")
+    check("rounds went on after the restart", max(outer("a")) == 30 and killed_at < 30)
+    check("both nodes in every round", all(j["nodes"] == 2 for j in outer("a").values()))
+    hashes_agree(["a", "b"])
+    loss_falls("a")
+    events = [json.loads(line)["event"] for line in open(os.path.join(WORK, "run.jsonl")) if line.strip()]
+    check("the run log has joins, rounds and the restart",
+          "registered" in events and "round" in events and "restarted" in events, sorted(set(events)))
+
+
+CASES = {"exact": case_exact, "kill-inner": case_kill_inner, "kill-all-reduce": case_kill_all_reduce,
+         "all-but-one": case_all_but_one_die, "join": case_join, "kill-transfer": case_kill_transfer,
+         "leave-rejoin": case_leave_rejoin, "coordinator-restart": case_coordinator_restart}
+
+try:
+    setup()
+    CASES[CASE]()
+finally:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    if results["failed"]:
+        for name in sorted(os.listdir(WORK)):
+            if name.endswith(".log"):
+                print("---- %s (tail)" % name)
+                print(log_of(name[:-4])[-3000:])
+    shutil.rmtree(WORK, ignore_errors=True)
+print("%d passed, %d failed" % (results["passed"], results["failed"]))
+sys.exit(1 if results["failed"] or not results["passed"] else 0)
