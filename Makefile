@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: deps configure build test test-sanitize demo demo-data bench clean
+.PHONY: deps configure build test test-sanitize demo demo-single demo-data bench clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -19,10 +19,15 @@ build: configure
 demo-data: build
 	@bash scripts/prepare-demo-data.sh $(BUILD)
 
-# The demo starts a fresh run each time (runs/demo is its run directory).
+# The decentralized demo: a coordinator and 3 DiLoCo nodes as processes on this machine; one
+# is killed mid-run and a new one joins (scripts/demo.py). A fresh run each time (runs/demo).
 demo: demo-data
-	@rm -rf runs/demo
-	@$(BUILD)/apps/meridian/meridian train
+	@python3 scripts/demo.py --bin $(BUILD)/apps/meridian/meridian --dir runs/demo
+
+# One node alone on the embedded default config (runs/demo-single).
+demo-single: demo-data
+	@rm -rf runs/demo-single
+	@$(BUILD)/apps/meridian/meridian train --set run.dir=runs/demo-single
 
 test: demo-data
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -LE 'slow|gpu' --timeout 600
