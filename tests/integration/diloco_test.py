@@ -58,7 +58,7 @@ def wait_for(what, predicate, timeout=120):
 
 def coordinator(name="coord", port=0):
     p = start(name, ["coordinator", "--listen", "127.0.0.1:%d" % port, "--token-file", TOKEN,
-                     "--heartbeat-timeout-ms", "3000", "--log", os.path.join(WORK, "run.jsonl")])
+                     "--heartbeat-timeout-ms", "6000", "--log", os.path.join(WORK, "run.jsonl")])
     address = []
 
     def listening():

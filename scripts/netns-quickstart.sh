@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# Multi-machine quickstart on one machine: a coordinator and two DiLoCo nodes, each in its own
+# Linux network namespace standing in for a host, train the tiny preset together; then checks
+# that both nodes hold the same outer weights (equal "outer_hash") after every outer round.
+#
+#   sudo bash scripts/netns-quickstart.sh [BUILD_DIR]      (BUILD_DIR defaults to build)
+#
+# Topology (private subnet 10.77.0.0/24, nothing outside these namespaces is touched):
+#   mq-<pid>-coord  bridge br0 10.77.0.1  runs `meridian coordinator` on 10.77.0.1:29500
+#   mq-<pid>-n1     eth0 10.77.0.2        node 1, veth to br0
+#   mq-<pid>-n2     eth0 10.77.0.3        node 2, veth to br0
+# Each node link is shaped with tc tbf (100 Mbit/s, both directions). Node-to-node (mesh)
+# traffic crosses the bridge but not the coordinator process.
+#
+# Always cleans up (also on error or Ctrl-C): kills the processes it started, deletes the three
+# namespaces (which removes the bridge and the veths) and the temp dir (KEEP=1 keeps the temp
+# dir: node logs, run dirs, the coordinator's run.jsonl). Exits non-zero when a node fails or
+# the hashes differ. Needs root (ip netns, tc). Env: RATE (default 100mbit), DEADLINE_S (300).
+set -euo pipefail
+
+build="${1:-build}"
+here="$(cd "$(dirname "$0")/.." && pwd)"
+[[ "$build" = /* ]] || build="$here/$build"
+meridian="$build/apps/meridian/meridian"
+if [[ ! -x "$meridian" ]]; then
+  echo "netns-quickstart: $meridian not found" >&2
+  echo "hint: build it first (cmake --build $build --target meridian) or pass the build dir" >&2
+  exit 2
+fi
+if [[ $(id -u) -ne 0 ]]; then
+  echo "netns-quickstart: needs root for ip netns and tc; run it with sudo" >&2
+  exit 2
+fi
+for tool in ip tc python3 timeout; do
+  command -v "$tool" >/dev/null || { echo "netns-quickstart: $tool not found" >&2; exit 2; }
+done
+
+rate="${RATE:-100mbit}"
+node_deadline_s="${DEADLINE_S:-300}"
+prefix="mq-$$-"
+ns_coord="${prefix}coord"
+ns_nodes=("${prefix}n1" "${prefix}n2")
+ips=(10.77.0.2 10.77.0.3)
+coord_addr=10.77.0.1:29500
+
+tmp="$(mktemp -d /tmp/meridian-netns-quickstart.XXXXXX)"
+created=()
+pids=()
+cleanup() {
+  local rc=$? pid ns
+  trap - EXIT INT TERM
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for ns in "${created[@]}"; do
+    # anything still running inside our namespaces (started by us)
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  if [[ "${KEEP:-0}" == 1 ]]; then echo "netns-quickstart: kept $tmp (logs, run dirs, run.jsonl)"; else rm -rf "$tmp"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+add_ns() {
+  ip netns add "$1"
+  created+=("$1")
+  ip -n "$1" link set lo up
+}
+
+echo "== setting up namespaces ${prefix}{coord,n1,n2} on 10.77.0.0/24 (links shaped to $rate)"
+add_ns "$ns_coord"
+ip -n "$ns_coord" link add br0 type bridge
+ip -n "$ns_coord" addr add 10.77.0.1/24 dev br0
+ip -n "$ns_coord" link set br0 up
+for i in 0 1; do
+  ns="${ns_nodes[$i]}" a="mq$$a$i" b="mq$$b$i"
+  add_ns "$ns"
+  ip link add "$a" type veth peer name "$b"
+  ip link set "$a" netns "$ns"
+  ip link set "$b" netns "$ns_coord"
+  ip -n "$ns" link set "$a" name eth0
+  ip -n "$ns" addr add "${ips[$i]}/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns_coord" link set "$b" master br0
+  ip -n "$ns_coord" link set "$b" up
+  # uplink (node -> bridge) and downlink (bridge -> node), like a host on the internet
+  tc -n "$ns" qdisc add dev eth0 root tbf rate "$rate" burst 256kb latency 50ms
+  tc -n "$ns_coord" qdisc add dev "$b" root tbf rate "$rate" burst 256kb latency 50ms
+done
+for i in 0 1; do
+  command -v ping >/dev/null || break   # optional sanity check
+  ip netns exec "${ns_nodes[$i]}" ping -c 1 -W 2 10.77.0.1 >/dev/null ||
+    { echo "netns-quickstart: ${ns_nodes[$i]} cannot reach 10.77.0.1" >&2; exit 1; }
+done
+
+echo "== tokenizing /usr/share/common-licenses/GPL-3 (one document per paragraph)"
+# A .txt file is one document unless --doc-separator splits it; with one document the 5%
+# validation share rounds to nothing, so mark every blank line as a document boundary.
+corpus=/usr/share/common-licenses/GPL-3
+if [[ ! -f "$corpus" ]]; then echo "netns-quickstart: $corpus not found" >&2; exit 2; fi
+awk 'NR > 1 && /^$/ { print "@@DOC@@" } { print }' "$corpus" > "$tmp/gpl3.txt"
+"$meridian" tokenize --input "$tmp/gpl3.txt" --output "$tmp/data" --val-fraction 0.05 \
+  --doc-separator '@@DOC@@' --threads 1
+
+head -c 32 /dev/urandom | base64 > "$tmp/run.token"
+chmod 600 "$tmp/run.token"
+
+echo "== starting the coordinator in $ns_coord"
+ip netns exec "$ns_coord" "$meridian" coordinator --listen "$coord_addr" \
+  --token-file "$tmp/run.token" --log "$tmp/run.jsonl" > "$tmp/coord.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do
+  grep -q "listening on" "$tmp/coord.log" && break
+  kill -0 "${pids[0]}" 2>/dev/null || break
+  sleep 0.2
+done
+if ! grep -q "listening on" "$tmp/coord.log"; then
+  echo "netns-quickstart: the coordinator did not start:" >&2; cat "$tmp/coord.log" >&2; exit 1
+fi
+sed 's/^/  [coord] /' "$tmp/coord.log"
+
+echo "== starting node 1 (${ips[0]}) and node 2 (${ips[1]}); deadline ${node_deadline_s}s"
+node_pids=()
+for i in 0 1; do
+  n=$((i + 1))
+  timeout "$node_deadline_s" ip netns exec "${ns_nodes[$i]}" "$meridian" train --preset tiny \
+    --set data.train_path="$tmp/data/train" --set data.val_path="$tmp/data/val" \
+    --set run.dir="$tmp/n$n" --set run.peak_tflops=1 --set train.threads=1 \
+    --set diloco.enabled=true --set diloco.inner_steps=10 --set train.steps=60 \
+    --set diloco.min_nodes=2 \
+    --coordinator "$coord_addr" --token-file "$tmp/run.token" --listen "${ips[$i]}:0" \
+    > "$tmp/n$n.log" 2>&1 &
+  node_pids+=($!)
+  pids+=($!)
+done
+status=0
+for i in 0 1; do
+  rc=0
+  wait "${node_pids[$i]}" || rc=$?
+  if [[ $rc -ne 0 ]]; then
+    echo "netns-quickstart: node $((i + 1)) exited with $rc$( [[ $rc -eq 124 ]] && echo " (deadline)")" >&2
+    status=1
+  fi
+done
+
+for n in 1 2; do
+  echo "== node $n: outer rounds (full log: its stdout)"
+  grep -E "^outer +round" "$tmp/n$n.log" | sed "s/^/  [n$n] /" || true
+  if [[ $status -ne 0 ]]; then tail -n 20 "$tmp/n$n.log" | sed "s/^/  [n$n log] /"; fi
+done
+
+echo "== checking outer_hash per round in both nodes' metrics.jsonl"
+python3 - "$tmp/n1/metrics.jsonl" "$tmp/n2/metrics.jsonl" <<'EOF' || status=1
+import json, sys
+
+def outer(path):
+    rounds = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                rec = json.loads(line)
+                if rec.get("type") == "outer":
+                    rounds[rec["round"]] = rec
+    except FileNotFoundError:
+        pass
+    return rounds
+
+a, b = outer(sys.argv[1]), outer(sys.argv[2])
+ok = bool(a) and a.keys() == b.keys()
+print(f"  node 1: {len(a)} outer rounds, node 2: {len(b)} outer rounds")
+for r in sorted(a.keys() | b.keys()):
+    ha = a.get(r, {}).get("outer_hash", "-")
+    hb = b.get(r, {}).get("outer_hash", "-")
+    same = ha == hb and ha != "-"
+    ok = ok and same
+    print(f"  round {r:>3}  n1 {ha}  n2 {hb}  {'equal' if same else 'DIFFERENT'}")
+print("  PASS: both nodes hold the same outer weights after every round" if ok
+      else "  FAIL: the nodes' outer hashes differ or are missing")
+sys.exit(0 if ok else 1)
+EOF
+
+echo "== coordinator run log ($tmp/run.jsonl)"
+if [[ -f "$tmp/run.jsonl" ]]; then
+  echo "  $(wc -l < "$tmp/run.jsonl") records; events:"
+  python3 -c '
+import json, sys, collections
+c = collections.Counter()
+for line in open(sys.argv[1]):
+    if line.strip():
+        c[json.loads(line).get("event", "?")] += 1
+print("  " + ", ".join(f"{k} x{v}" for k, v in c.items()))
+' "$tmp/run.jsonl" || true
+fi
+
+if [[ $status -eq 0 ]]; then echo "== PASS"; else echo "== FAIL"; fi
+exit $status
