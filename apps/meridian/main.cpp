@@ -34,6 +34,7 @@
 #include "io/safetensors.h"
 #include "metrics/model_stats.h"
 #include "net/membership/wire.h"
+#include "net/transport/socket_util.h"
 #include "train/elastic.h"
 #include "train/trainer.h"
 
@@ -90,7 +91,7 @@ Result<Config> resume_config(const ConfigArgs& args, const std::string& checkpoi
 struct JoinArgs {
   std::string coordinator;  // HOST:PORT; empty: train alone
   std::string token_file;
-  std::string listen = "127.0.0.1:0";
+  std::string listen;        // empty: this host's address towards the coordinator, port 0
 };
 
 // SIGINT/SIGTERM: stop after the current step, save, leave the run. A node blocked at a round
@@ -148,6 +149,16 @@ int cmd_train(const ConfigArgs& args, const std::string& resume, const JoinArgs&
     eo.comm.coordinator_address = join.coordinator;
     eo.comm.token = token.value();
     eo.comm.listen_address = join.listen;
+    if (eo.comm.listen_address.empty()) {
+      // Other nodes connect here: the address this host uses to reach the coordinator.
+      auto hp = net::split_host_port(join.coordinator);
+      if (!hp) return fail(Status::error("--coordinator: " + hp.status().message(), "pass HOST:PORT"));
+      auto remote = net::resolve(hp->first, hp->second);
+      if (!remote) return fail(remote.status());
+      auto local = net::local_address_towards(remote.value());
+      if (!local) return fail(local.status());
+      eo.comm.listen_address = local.value() + ":0";
+    }
     eo.comm.topology_timeout_ms = static_cast<int64_t>(config->diloco.round_timeout_s * 1000);
     eo.codec = *net::parse_codec(config->diloco.codec);
     eo.min_nodes = static_cast<size_t>(config->diloco.min_nodes);
@@ -288,7 +299,8 @@ int main(int argc, char** argv) {
   JoinArgs join;
   train->add_option("--coordinator", join.coordinator, "HOST:PORT of the run's coordinator: train as one DiLoCo node of it");
   train->add_option("--token-file", join.token_file, "file holding the run token (with --coordinator)");
-  train->add_option("--listen", join.listen, "HOST:PORT for the other nodes to reach this one (port 0: the OS picks)");
+  train->add_option("--listen", join.listen,
+                    "HOST:PORT for the other nodes to reach this one (default: this host's address towards the coordinator, port 0)");
 
   std::string info_model = "demo", info_config;
   auto* info = app.add_subcommand("info", "parameter count, FLOPs per token and memory of a model, as JSON");

@@ -2,11 +2,14 @@
 
 #include <netdb.h>
 #include <poll.h>
+#include <arpa/inet.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 #include "net/transport/transport.h"
 
@@ -31,6 +34,21 @@ Result<std::pair<std::string, uint16_t>> split_host_port(const std::string& addr
     return Status::error("address '" + address + "' has no valid port", "write it as 127.0.0.1:4000");
   }
   return std::make_pair(address.substr(0, colon), static_cast<uint16_t>(port));
+}
+
+Result<std::string> local_address_towards(const sockaddr_in& remote) {
+  const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Status::error(std::string("socket: ") + std::strerror(errno));
+  sockaddr_in local{};
+  socklen_t len = sizeof local;
+  const bool ok = ::connect(fd, reinterpret_cast<const sockaddr*>(&remote), sizeof remote) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0;
+  const int err = errno;
+  ::close(fd);
+  if (!ok) return Status::error(std::string("no route to the coordinator's address: ") + std::strerror(err), "pass --listen with this host's address");
+  char text[INET_ADDRSTRLEN] = {};
+  ::inet_ntop(AF_INET, &local.sin_addr, text, sizeof text);
+  return std::string(text);
 }
 
 Result<sockaddr_in> resolve(const std::string& host, uint16_t port) {

@@ -23,6 +23,10 @@ Result<std::pair<std::string, uint16_t>> split_host_port(const std::string& addr
 // IPv4 address of host (a name or a dotted quad) with the port set.
 Result<sockaddr_in> resolve(const std::string& host, uint16_t port);
 
+// The local IPv4 address this host would use to reach `remote` (a routing lookup; nothing is
+// sent): what a node tells others to connect to when it was not told its address.
+Result<std::string> local_address_towards(const sockaddr_in& remote);
+
 // Connects the non-blocking socket fd to addr, waiting until the deadline. Returns 0 or the
 // errno of the failure (ETIMEDOUT when the deadline passed).
 int connect_by_deadline(int fd, const sockaddr_in& addr, int64_t deadline_us);
