@@ -111,6 +111,7 @@ Status ElasticRounds::begin_round(Trainer& trainer, RoundStats* stats) {
 }
 
 Status ElasticRounds::all_reduce_mean(float* data, size_t count, RoundStats* stats) {
+  MERIDIAN_ASSERT(trainer_ != nullptr, "all_reduce_mean before begin_round");
   if (options_.fault_for_tests == fmt::format("all_reduce:{}", trainer_->outer()->rounds() + 1)) ::raise(SIGKILL);
   for (;;) {
     stats->nodes = world_size();
@@ -124,7 +125,6 @@ Status ElasticRounds::all_reduce_mean(float* data, size_t count, RoundStats* sta
       std::fprintf(options_.out, "# all-reduce failed (%s); meeting the survivors and retrying\n", st.to_string().c_str());
       std::fflush(options_.out);
     }
-    MERIDIAN_ASSERT(trainer_ != nullptr, "all_reduce_mean before begin_round");
     MERIDIAN_RETURN_IF_ERROR(meet(*trainer_, /*admit_joiners=*/false, stats));
   }
 }
@@ -133,10 +133,9 @@ Status ElasticRounds::meet(Trainer& trainer, bool admit_joiners, RoundStats* sta
   for (;;) {
     const auto t0 = Clock::now();
     // min_nodes holds only the first barrier: later, a run that lost nodes must go on.
-    Status st = comm_->update_topology(has_view_ ? 0 : options_.min_nodes, admit_joiners);
+    Status st = comm_->update_topology(members_.empty() ? options_.min_nodes : 0, admit_joiners);
     stats->barrier_s += seconds_since(t0);
     if (!st.is_ok()) return st.with_context("round start");
-    has_view_ = true;
     log_view_change();
     net::NetStatus ns = sync_run_state(trainer, stats);
     if (!fatal_.is_ok()) return fatal_;

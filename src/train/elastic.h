@@ -81,9 +81,8 @@ class ElasticRounds final : public RoundSync {
   Trainer* trainer_ = nullptr;   // set at the first begin_round
   bool has_state_;               // holds the run state (resumed, or synced once)
   bool needs_inner_;             // fresh: takes the inner state a member offers
-  bool has_view_ = false;
   uint64_t inner_synced_epoch_ = 0;
-  std::vector<net::PeerId> members_;  // of the last adopted view
+  std::vector<net::PeerId> members_;  // of the last adopted view (empty: before the first barrier)
   bool serving_joiners_ = false;      // the last view change admitted peers while this one was a member
   Status fatal_;                 // the run's state does not fit this node
 };
