@@ -445,6 +445,12 @@ NetStatus Communicator::sync_shared_state(SharedState& state, SyncOpStats* stats
       std::sort(holders.begin(), holders.end());
       b.holders = std::move(holders);
     }
+    std::vector<PeerId> keep_own;
+    for (PeerId p : by_rank.keep_own) {
+      if (auto it = rank_of.find(p); it != rank_of.end()) keep_own.push_back(it->second);
+    }
+    std::sort(keep_own.begin(), keep_own.end());
+    by_rank.keep_own = std::move(keep_own);
     std::vector<PeerId> ranks(view_.members.size());
     for (size_t i = 0; i < ranks.size(); ++i) ranks[i] = static_cast<PeerId>(i);
     if (options_.before_sync_transfer_for_tests) options_.before_sync_transfer_for_tests();

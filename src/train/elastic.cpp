@@ -227,6 +227,7 @@ net::NetStatus ElasticRounds::sync_inner_state(Trainer& trainer, RoundStats* sta
   const NamedTensors own = adam.state();
   net::SharedState state;
   if (!needs_inner_) {
+    state.set_pulls(false);  // a member keeps its own moments; only joiners download
     for (const auto& [name, t] : own) put_tensor(state, kInnerPrefix + name, t);
     put_tensor(state, kInnerStep, torch::tensor({adam.step_count()}, torch::kLong));
   }

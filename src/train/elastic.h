@@ -22,8 +22,8 @@
 // elected and each keeps its seeded initialisation (identical on every node, checked by the
 // next round's sync). The inner AdamW state differs per node, so it cannot be elected by
 // majority: members that hold one offer it, every version has one vote, and the election's tie
-// rule picks the lowest peer id's; joiners take it, the members keep their own (and download
-// the winner's copy anyway, a cost paid only when the view changes). Every member decides "the
+// rule picks the lowest peer id's; joiners take it, the members keep their own and download
+// nothing (SharedState::set_pulls(false): they only serve). Every member decides "the
 // view changed since my last inner-state sync" alike, since every operation has one final
 // status for all members.
 //

@@ -4,7 +4,7 @@ deterministic). The other coord_wire / coord_state seeds predate it and are chec
 
     python3 tests/fuzz/make_coord_sync_corpus.py
 
-coord_wire/sync_report.bin, sync_elected.bin: one frame each (src/net/membership/wire.h).
+coord_wire/sync_report.bin, sync_elected.bin: one frame each (src/net/membership/wire.h, protocol 3).
 coord_state/sync.bin: two peers form a view, report their digests (one stale), both report ok;
 then a third reports for an unknown epoch. Records: u8 (conn | kind << 3), u16 length, payload.
 """
@@ -29,13 +29,14 @@ def sync_report(epoch, op_id, revision, votes, buffers):
             b"".join(digest(*b) for b in buffers))
 
 
-def sync_elected(epoch, op_id, revision, sets, buffers):
+def sync_elected(epoch, op_id, revision, sets, buffers, keep_own=()):
     out = struct.pack("<BQQQ", M2C_SYNC_ELECTED, epoch, op_id, revision) + struct.pack("<I", len(sets))
     for hs in sets:
         out += struct.pack("<I", len(hs)) + b"".join(struct.pack("<I", h) for h in hs)
     out += struct.pack("<I", len(buffers))
     for (name, dtype, nbytes, hi, lo, set_index) in buffers:
         out += digest(name, dtype, nbytes, hi, lo) + struct.pack("<I", set_index)
+    out += struct.pack("<I", len(keep_own)) + b"".join(struct.pack("<I", p) for p in keep_own)
     return out
 
 
@@ -61,9 +62,10 @@ def write(sub, name, data):
 
 def main():
     bufs = [("opt.m", 1, 4096, 1, 2), ("weights", 3, 1 << 20, 3, 4)]
-    write("coord_wire", "sync_report.bin", frame(sync_report(7, (1 << 32) | 1, 12, 1, bufs)))
+    # flags 3: votes, and keeps its own state (does not pull)
+    write("coord_wire", "sync_report.bin", frame(sync_report(7, (1 << 32) | 1, 12, 3, bufs)))
     write("coord_wire", "sync_elected.bin",
-          frame(sync_elected(7, (1 << 32) | 1, 12, [[0, 3], [3]], [("a", 1, 8, 5, 6, 0), ("b", 0, 0, 7, 8, 1)])))
+          frame(sync_elected(7, (1 << 32) | 1, 12, [[0, 3], [3]], [("a", 1, 8, 5, 6, 0), ("b", 0, 0, 7, 8, 1)], [3])))
     op = (1 << 32) | 1  # epoch 1 (incarnation 0), round 1, first operation
     stale = [("opt.m", 1, 4096, 1, 2), ("weights", 3, 1 << 20, 9, 9)]
     seq = b"".join([

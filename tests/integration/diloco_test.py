@@ -245,6 +245,9 @@ def case_join():
     check("d received the state at its first round", first is not None and rounds_d[first]["joined"] and
           rounds_d[first]["state_bytes_downloaded"] > 0, rounds_d.get(first))
     check("d ends at the run's last round", max(rounds_d, default=0) == 30)
+    check("the members downloaded nothing when d joined (they keep their own inner state)",
+          first is not None and all(outer(n)[first]["state_bytes_downloaded"] == 0 for n in ("a", "b")),
+          [outer(n).get(first) for n in ("a", "b")])
     check("3 nodes once d is in", all(outer("a")[r]["nodes"] == 3 for r in range(first, 31)) if first else False)
     hashes_agree(["a", "b", "d"])
     check("the joiner's log shows the state it received", "received the run state" in log_of("d") and

@@ -33,6 +33,7 @@ M2C_SyncElected sync_elected_sample() {
   m.elected.buffers = {{"a", BufferDtype::kF32, 8, {5, 6}, {0, 3}},
                        {"b", BufferDtype::kBytes, 0, {7, 8}, {3}},
                        {"c", BufferDtype::kI64, 16, {9, 10}, {0, 3}}};
+  m.elected.keep_own = {3, 8};
   return m;
 }
 
@@ -59,6 +60,7 @@ std::vector<ControlMessage> samples() {
           M2C_View{v, true},
           M2C_OpFinal{42, 17, true, ""},
           sync_report_sample(),
+          C2M_SyncReport{42, 19, {.revision = 3, .votes = true, .pulls = false, .buffers = {}}},
           sync_elected_sample()};
 }
 
@@ -210,6 +212,12 @@ TEST(NetMembershipWire, SyncMessagesRoundTripFieldForField) {
   auto back_e = decode_message(encode_message(e));
   ASSERT_TRUE(back_e) << back_e.status().message();
   EXPECT_TRUE(std::get<M2C_SyncElected>(*back_e) == e);
+  C2M_SyncReport keeps = r;
+  keeps.report.pulls = false;
+  auto back_k = decode_message(encode_message(keeps));
+  ASSERT_TRUE(back_k) << back_k.status().message();
+  EXPECT_FALSE(std::get<C2M_SyncReport>(*back_k).report.pulls);
+  EXPECT_FALSE(std::get<C2M_SyncReport>(*back_k) == r);
   // Holder sets are sent once: {0,3} twice costs one set.
   M2C_SyncElected one_set = e;
   one_set.elected.buffers[1].holders = {0, 3};
@@ -232,9 +240,13 @@ TEST(NetMembershipWire, SyncMessagesOutOfBoundsAreRefused) {
   auto r = decode_message(bytes);
   ASSERT_FALSE(r);
   EXPECT_NE(r.status().message().find("sorted"), std::string::npos) << r.status().message();
-  // A holder-set index out of range: the last u32 of the payload.
+  // A holder-set index out of range: the last buffer's, before the keep-own list (3 u32s).
   bytes = encode_message(sync_elected_sample());
-  bytes[bytes.size() - 4] = std::byte{9};
+  bytes[bytes.size() - 16] = std::byte{9};
+  EXPECT_FALSE(decode_message(bytes));
+  // Keep-own peers not ascending (the last u32).
+  bytes = encode_message(sync_elected_sample());
+  bytes[bytes.size() - 4] = std::byte{2};
   EXPECT_FALSE(decode_message(bytes));
   // An unknown dtype: the byte after the first elected buffer's name.
   C2M_SyncReport one{1, 2, {}};

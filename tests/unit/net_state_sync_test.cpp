@@ -228,6 +228,39 @@ TEST(StateSync, StalePeerDownloadsOnlyTheDifferingBuffers) {
   EXPECT_EQ(res.stats[1].bytes_sent_total, chunks * kStateSyncHeaderBytes);
 }
 
+TEST(StateSync, PeersThatKeepTheirOwnServeButDownloadNothing) {
+  // Three members each hold their own version of a per-peer state (no majority: the tie rule
+  // elects peer 0's); they keep theirs, and only the fresh peer 3 downloads the elected one.
+  SimNetwork net(SimNetworkConfig{.peers = 4, .latency_us = 500, .seed = 4});
+  std::vector<SharedState> states = {reference_state(), reference_state(), reference_state(), SharedState()};
+  for (size_t r = 0; r < 3; ++r) {
+    states[r].data("outer.momentum")[r] ^= std::byte{1};
+    states[r].set_revision(10 + r);
+    states[r].set_pulls(false);
+  }
+  states[1].put("only.on.1", BufferDtype::kU8, random_bytes(10, 5));
+  const std::vector<Hash128> own = {states[0].state_hash(), states[1].state_hash(), states[2].state_hash()};
+  std::vector<SharedState*> ptrs = {&states[0], &states[1], &states[2], &states[3]};
+  const ElectedHashes elected = elect_from(ptrs, ids(4));
+  EXPECT_EQ(elected.keep_own, (std::vector<PeerId>{0, 1, 2}));
+  EXPECT_TRUE(elected.missing_on(1).empty());
+  EXPECT_EQ(elected.missing_on(3).size(), 4u);
+  const SyncPlan plan = plan_sync(ids(4), elected, 16 << 10);
+  for (size_t r = 0; r < 3; ++r) EXPECT_TRUE(plan.downloads[r].empty()) << r;
+
+  const SimStateSyncResult res = run_state_sync_sim(net, ids(4), ptrs, elected, small_chunks(1));
+  for (size_t r = 0; r < 4; ++r) ASSERT_TRUE(res.status[r].is_ok()) << r << ": " << res.status[r].to_string();
+  for (size_t r = 0; r < 3; ++r) {
+    EXPECT_EQ(states[r].state_hash(), own[r]) << r;  // untouched, revision and extra buffer too
+    EXPECT_EQ(res.stats[r].bytes_downloaded, 0u) << r;
+  }
+  EXPECT_EQ(states[3].state_hash(), own[0]);  // the elected (peer 0's) version
+  EXPECT_EQ(res.stats[3].bytes_downloaded, reference_state().total_bytes());
+  EXPECT_EQ(res.stats[0].bytes_served + res.stats[1].bytes_served + res.stats[2].bytes_served,
+            reference_state().total_bytes());
+  EXPECT_GE(res.stats[0].bytes_served, 100'003u);  // the only holder of the elected momentum
+}
+
 TEST(StateSync, UpToDateViewTransfersNothing) {
   SimNetwork net(SimNetworkConfig{.peers = 3, .seed = 3});
   std::vector<SharedState> states = {reference_state(), reference_state(), reference_state()};

@@ -194,7 +194,7 @@ struct Encoder {
     w.u64(m.epoch);
     w.u64(m.op_id);
     w.u64(m.report.revision);
-    w.u8(m.report.votes ? 1 : 0);
+    w.u8((m.report.votes ? 1 : 0) | (m.report.pulls ? 0 : 2));
     w.u32(static_cast<uint32_t>(m.report.buffers.size()));
     for (const BufferDigest& d : m.report.buffers) w.digest(d);
     return w.take();
@@ -225,6 +225,9 @@ struct Encoder {
       w.digest(BufferDigest{e.name, e.dtype, e.bytes, e.hash});
       w.u32(set_of[b]);
     }
+    MERIDIAN_ASSERT(m.elected.keep_own.size() <= kMaxViewMembers, "{} peers keep their own", m.elected.keep_own.size());
+    w.u32(static_cast<uint32_t>(m.elected.keep_own.size()));
+    for (PeerId p : m.elected.keep_own) w.u32(p);
     return w.take();
   }
   std::vector<std::byte> operator()(const M2C_Welcome& m) const {
@@ -286,7 +289,7 @@ bool names_sorted_unique(const std::vector<std::string>& names) {
 
 bool M2C_SyncElected::operator==(const M2C_SyncElected& o) const {
   if (epoch != o.epoch || op_id != o.op_id || elected.revision != o.elected.revision ||
-      elected.buffers.size() != o.elected.buffers.size()) {
+      elected.buffers.size() != o.elected.buffers.size() || elected.keep_own != o.elected.keep_own) {
     return false;
   }
   for (size_t i = 0; i < elected.buffers.size(); ++i) {
@@ -420,9 +423,10 @@ Result<ControlMessage> decode_message(std::span<const std::byte> payload) {
       m.epoch = r.u64();
       m.op_id = r.u64();
       m.report.revision = r.u64();
-      const uint8_t votes = r.u8();
-      if (votes > 1 && r.ok()) return Status::error("C2M_SyncReport: bad flag");
-      m.report.votes = votes == 1;
+      const uint8_t flags = r.u8();  // bit 0: votes, bit 1: keeps its own (does not pull)
+      if (flags > 3 && r.ok()) return Status::error("C2M_SyncReport: bad flags");
+      m.report.votes = (flags & 1) != 0;
+      m.report.pulls = (flags & 2) == 0;
       const uint32_t n = r.u32();
       if (r.ok() && n > kMaxSyncBuffers) return Status::error("C2M_SyncReport: " + std::to_string(n) + " buffers");
       std::vector<std::string> names;
@@ -467,6 +471,12 @@ Result<ControlMessage> decode_message(std::span<const std::byte> payload) {
         sets_used += set == sets_used ? 1 : 0;
         names.push_back(d.name);
         m.elected.buffers.push_back(ElectedBuffer{std::move(d.name), d.dtype, d.bytes, d.hash, sets[set]});
+      }
+      const uint32_t keep_own = r.u32();
+      if (r.ok() && keep_own > kMaxViewMembers) return Status::error("M2C_SyncElected: " + std::to_string(keep_own) + " peers keep their own");
+      for (uint32_t i = 0; i < keep_own && r.ok(); ++i) {
+        m.elected.keep_own.push_back(r.u32());
+        if (i > 0 && m.elected.keep_own[i - 1] >= m.elected.keep_own[i]) r.invalidate();  // ascending, unique
       }
       if (r.ok() && sets_used != sets.size()) return Status::error("M2C_SyncElected: unused holder sets");
       if (r.ok() && std::set<std::vector<PeerId>>(sets.begin(), sets.end()).size() != sets.size()) {

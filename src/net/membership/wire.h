@@ -38,7 +38,7 @@
 namespace meridian::net::membership {
 
 inline constexpr uint32_t kControlFrameMagic = 0x4643524du;  // "MRCF" little-endian
-inline constexpr uint16_t kProtocolVersion = 2;
+inline constexpr uint16_t kProtocolVersion = 3;
 inline constexpr size_t kFrameHeaderBytes = 8;
 inline constexpr size_t kMaxControlMessageBytes = 1u << 20;
 inline constexpr size_t kMaxStringBytes = 4096;
@@ -162,7 +162,7 @@ struct C2M_SyncReport {
   PeerReport report;
   bool operator==(const C2M_SyncReport& o) const {
     return epoch == o.epoch && op_id == o.op_id && report.revision == o.report.revision &&
-           report.votes == o.report.votes && report.buffers == o.report.buffers;
+           report.votes == o.report.votes && report.pulls == o.report.pulls && report.buffers == o.report.buffers;
   }
 };
 // True if `report` can be sent as a C2M_SyncReport; else *why says which bound it breaks.
@@ -191,7 +191,8 @@ struct M2C_OpFinal {
 
 // The election's outcome, sent to every member once all members of the epoch reported:
 // holders are the coordinator's peer ids (ascending); on the wire each distinct holder set is
-// sent once and buffers refer to it by index, so the size grows with buffers + members.
+// sent once and buffers refer to it by index, so the size grows with buffers + members. Then the
+// peers that keep their own state (ascending).
 struct M2C_SyncElected {
   uint64_t epoch = 0;
   uint64_t op_id = 0;

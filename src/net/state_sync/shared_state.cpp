@@ -25,8 +25,11 @@ const char* buffer_dtype_name(BufferDtype dtype) {
 
 // ---- ElectedHashes ---------------------------------------------------------------------------
 
+bool ElectedHashes::keeps_own(PeerId peer) const { return std::ranges::binary_search(keep_own, peer); }
+
 std::vector<size_t> ElectedHashes::missing_on(PeerId peer) const {
   std::vector<size_t> missing;
+  if (keeps_own(peer)) return missing;
   for (size_t b = 0; b < buffers.size(); ++b) {
     const auto& h = buffers[b].holders;
     if (!std::binary_search(h.begin(), h.end(), peer)) missing.push_back(b);
@@ -73,6 +76,9 @@ ElectedHashes elect(const std::vector<PeerReport>& reports_in) {
   }
 
   ElectedHashes elected;
+  for (const PeerReport* r : reports) {
+    if (!r->pulls) elected.keep_own.push_back(r->peer);
+  }
   // Revision.
   {
     std::map<uint64_t, std::vector<PeerId>> by_revision;
@@ -181,6 +187,7 @@ PeerReport SharedState::report(PeerId self) const {
   r.peer = self;
   r.revision = revision_;
   r.votes = !buffers_.empty();
+  r.pulls = pulls_;
   for (const Buffer& b : buffers_) {
     r.buffers.push_back(BufferDigest{b.name, b.dtype, b.bytes.size(), xxh3_128(b.bytes.data(), b.bytes.size())});
   }

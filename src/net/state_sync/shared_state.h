@@ -13,6 +13,12 @@
 // sync). The revision is elected the same way among the voters. Every peer (and the
 // coordinator) that runs elect() on the same reports gets the same ElectedHashes.
 //
+// Keeping one's own (PeerReport::pulls = false, SharedState::set_pulls): a peer that only
+// offers its state - it votes and serves as usual but downloads nothing and keeps its buffers
+// and revision as they are. The elected hashes list such peers (keep_own), so every member plans
+// the same transfers. Used where each peer legitimately holds its own version and only fresh
+// peers need one (a joiner's copy of some member's inner optimizer state).
+//
 // Deliberately not here: any I/O (state_sync.h moves the bytes), any knowledge of tensors
 // (buffers are bytes tagged with a dtype, so this layer stays torch-free), and zero-copy views
 // of the caller's memory (the state owns its bytes; the trainer copies tensors in and out).
@@ -48,6 +54,7 @@ struct PeerReport {
   PeerId peer = kNoPeer;
   uint64_t revision = 0;
   bool votes = true;                  // false for a fresh joiner (see the election above)
+  bool pulls = true;                  // false: downloads nothing, keeps its own (see above)
   std::vector<BufferDigest> buffers;  // sorted by name, unique names
 };
 
@@ -63,7 +70,10 @@ struct ElectedBuffer {
 struct ElectedHashes {
   uint64_t revision = 0;
   std::vector<ElectedBuffer> buffers;  // sorted by name
-  // The buffers `peer` lacks or holds in another version (indices into buffers).
+  std::vector<PeerId> keep_own;        // peers that download nothing (pulls = false), ascending
+  bool keeps_own(PeerId peer) const;
+  // The buffers `peer` lacks or holds in another version (indices into buffers); none for a
+  // peer that keeps its own.
   std::vector<size_t> missing_on(PeerId peer) const;
   uint64_t bytes_missing_on(PeerId peer) const;
 };
@@ -94,6 +104,10 @@ class SharedState {
   const std::vector<Buffer>& buffers() const { return buffers_; }
   uint64_t total_bytes() const;
 
+  // false: this peer offers its buffers but downloads nothing at a sync (see keep_own above).
+  bool pulls() const { return pulls_; }
+  void set_pulls(bool pulls) { pulls_ = pulls; }
+
   // Hashes every buffer. votes = false when the state is empty (a fresh joiner).
   PeerReport report(PeerId self) const;
   // One hash over the revision and every buffer's name, dtype, size and bytes: equal states
@@ -104,6 +118,7 @@ class SharedState {
   std::vector<Buffer>::iterator lower_bound(const std::string& name);
 
   uint64_t revision_ = 0;
+  bool pulls_ = true;
   std::vector<Buffer> buffers_;  // sorted by name
 };
 

@@ -111,7 +111,7 @@ SyncPlan plan_sync(const std::vector<PeerId>& view, const ElectedHashes& elected
     }
     const uint64_t chunks = (e.bytes + chunk_bytes - 1) / chunk_bytes;
     for (size_t r = 0; r < world; ++r) {
-      if (std::binary_search(e.holders.begin(), e.holders.end(), view[r])) continue;
+      if (std::binary_search(e.holders.begin(), e.holders.end(), view[r]) || elected.keeps_own(view[r])) continue;
       plan.missing[r].push_back(b);
       if (sources.empty()) {
         plan.unsourced_buffer = b;
@@ -353,8 +353,10 @@ void StateSync::maybe_finish() {
   stats_.elapsed_us = transport_.clock().now_us() - start_us_;
 }
 
-// The only write to the caller's state: every staged buffer is verified by now.
+// The only write to the caller's state: every staged buffer is verified by now. A member that
+// keeps its own state has nothing staged and keeps its other buffers and revision too.
 void StateSync::commit() {
+  if (elected_.keeps_own(transport_.self())) return;
   for (Staged& s : staged_) {
     const ElectedBuffer& e = elected_.buffers[s.buffer];
     state_.put(e.name, e.dtype, std::move(s.bytes));
