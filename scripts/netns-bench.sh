@@ -70,18 +70,9 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 prefix="mrdn-$$-"
-created=()
-cleanup() {
-  local ns
-  for ns in "${created[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
-}
-trap cleanup EXIT INT TERM
-
-add_ns() {
-  ip netns add "$1"
-  created+=("$1")
-  ip -n "$1" link set lo up
-}
+# shellcheck source=scripts/netns-lib.sh
+source "$here/scripts/netns-lib.sh"
+trap netns_del_created EXIT INT TERM
 
 # tbf needs a bucket of at least one maximal (GSO) packet and enough for the timer tick.
 burst_for() {
@@ -103,29 +94,15 @@ gbit_of() {
 setup() {  # $1 = rate
   local rate="$1" burst sw="${prefix}sw"
   burst="$(burst_for "$rate")"
-  add_ns "$sw"
-  ip -n "$sw" link add br0 type bridge
-  ip -n "$sw" link set br0 up
+  netns_add "$sw"
+  netns_add_bridge "$sw"
   for ((i = 0; i < peers; i++)); do
-    local ns="${prefix}p$i"
-    add_ns "$ns"
-    ip link add "mrdn$$a$i" type veth peer name "mrdn$$b$i"
-    ip link set "mrdn$$a$i" netns "$ns"
-    ip link set "mrdn$$b$i" netns "$sw"
-    ip -n "$ns" link set "mrdn$$a$i" name eth0
-    ip -n "$ns" addr add "10.77.0.$((i + 1))/24" dev eth0
-    ip -n "$ns" link set eth0 up
-    ip -n "$sw" link set "mrdn$$b$i" master br0
-    ip -n "$sw" link set "mrdn$$b$i" up
-    tc -n "$ns" qdisc add dev eth0 root tbf rate "$rate" burst "$burst" latency 100ms
-    tc -n "$sw" qdisc add dev "mrdn$$b$i" root tbf rate "$rate" burst "$burst" latency 100ms
+    netns_add "${prefix}p$i"
+    netns_attach "${prefix}p$i" "$sw" "mr$$p$i" "10.77.0.$((i + 1))/24" "$rate" "$burst" 100ms
   done
 }
 
-teardown() {
-  cleanup
-  created=()
-}
+teardown() { netns_del_created; }
 
 # "sent P pkt dropped D overlimits O" of the root tbf on a device in a namespace.
 qdisc_counts() {  # $1 = namespace, $2 = device
@@ -137,7 +114,7 @@ print_qdisc_stats() {  # $1 = label
   echo "   qdisc $1 (packets sent / dropped / overlimits since setup):"
   for ((i = 0; i < peers; i++)); do
     up="$(qdisc_counts "${prefix}p$i" eth0)"
-    down="$(qdisc_counts "${prefix}sw" "mrdn$$b$i")"
+    down="$(qdisc_counts "${prefix}sw" "mr$$p${i}b")"
     echo "     peer $i  uplink $up  downlink $down"
   done
 }

@@ -44,49 +44,28 @@ ips=(10.77.0.2 10.77.0.3)
 coord_addr=10.77.0.1:29500
 
 tmp="$(mktemp -d /tmp/meridian-netns-quickstart.XXXXXX)"
-created=()
+# shellcheck source=scripts/netns-lib.sh
+source "$here/scripts/netns-lib.sh"
 pids=()
 cleanup() {
-  local rc=$? pid ns
+  local rc=$? pid
   trap - EXIT INT TERM
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  for ns in "${created[@]}"; do
-    # anything still running inside our namespaces (started by us)
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
+  netns_del_created  # also kills anything still running inside them (started by us)
   if [[ "${KEEP:-0}" == 1 ]]; then echo "netns-quickstart: kept $tmp (logs, run dirs, run.jsonl)"; else rm -rf "$tmp"; fi
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-add_ns() {
-  ip netns add "$1"
-  created+=("$1")
-  ip -n "$1" link set lo up
-}
 
 echo "== setting up namespaces ${prefix}{coord,n1,n2} on 10.77.0.0/24 (links shaped to $rate)"
-add_ns "$ns_coord"
-ip -n "$ns_coord" link add br0 type bridge
-ip -n "$ns_coord" addr add 10.77.0.1/24 dev br0
-ip -n "$ns_coord" link set br0 up
+netns_add "$ns_coord"
+netns_add_bridge "$ns_coord" 10.77.0.1/24
 for i in 0 1; do
-  ns="${ns_nodes[$i]}" a="mq$$a$i" b="mq$$b$i"
-  add_ns "$ns"
-  ip link add "$a" type veth peer name "$b"
-  ip link set "$a" netns "$ns"
-  ip link set "$b" netns "$ns_coord"
-  ip -n "$ns" link set "$a" name eth0
-  ip -n "$ns" addr add "${ips[$i]}/24" dev eth0
-  ip -n "$ns" link set eth0 up
-  ip -n "$ns_coord" link set "$b" master br0
-  ip -n "$ns_coord" link set "$b" up
-  # uplink (node -> bridge) and downlink (bridge -> node), like a host on the internet
-  tc -n "$ns" qdisc add dev eth0 root tbf rate "$rate" burst 256kb latency 50ms
-  tc -n "$ns_coord" qdisc add dev "$b" root tbf rate "$rate" burst 256kb latency 50ms
+  netns_add "${ns_nodes[$i]}"
+  netns_attach "${ns_nodes[$i]}" "$ns_coord" "mq$$n$i" "${ips[$i]}/24" "$rate" 256kb 50ms
 done
 for i in 0 1; do
   command -v ping >/dev/null || break   # optional sanity check
