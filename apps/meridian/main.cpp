@@ -224,6 +224,13 @@ int cmd_tokenize(const std::vector<std::string>& inputs, const std::string& outp
   std::printf("tokenized %llu documents with %s, %.2f MB in %.2f s (%.1f MB/s): %llu train tokens, %llu val tokens, %d shards in %s\n",
               static_cast<unsigned long long>(s.documents), tokenizer.value()->name().c_str(), s.bytes_in / 1e6, s.seconds, s.bytes_in / 1e6 / std::max(s.seconds, 1e-9),
               static_cast<unsigned long long>(s.train_tokens), static_cast<unsigned long long>(s.val_tokens), s.shards, output.c_str());
+  if (options.val_fraction > 0.0 && s.val_tokens == 0) {
+    std::fprintf(stderr,
+                 "warning: no document went to validation (%llu documents; every %lld-th is held out)\n"
+                 "hint: a .txt file is one document unless --doc-separator S splits it at lines equal to S (e.g. %% in fortune files); "
+                 "or train with data.val_path=\"\" (no validation)\n",
+                 static_cast<unsigned long long>(s.documents), static_cast<long long>(std::llround(1.0 / options.val_fraction)));
+  }
   return 0;
 }
 

@@ -67,6 +67,10 @@ bad-data)
   check "  ... naming the path" contains err.txt 'no/such/dir'
   check "  ... and how to make shards" contains err.txt 'meridian tokenize'
   make_corpus
+  # A .txt without --doc-separator is one document: nothing can be held out for validation.
+  "$bin" tokenize --input corpus.txt --output one-doc --val-fraction 0.05 > /dev/null 2> err.txt
+  check "tokenize warns when no document went to validation" contains err.txt 'no document went to validation'
+  check "  ... and says how to split documents" contains err.txt 'doc-separator'
   # A shard of another format version: patch the version field (offset 8) to 9.
   mkdir -p v9 && cp shards/train/shard_00000.tok v9/
   printf '\x09' | dd of=v9/shard_00000.tok bs=1 seek=8 conv=notrunc status=none
