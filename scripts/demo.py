@@ -9,10 +9,9 @@ compute utilization, bytes sent against what data parallel would have sent, reco
 Every process's output and metrics stay in the run directory (default runs/demo).
 
 Usage: python3 scripts/demo.py [--bin build/apps/meridian/meridian] [--dir runs/demo]
-                               [--steps 120] [--inner-steps 20] [--batch-size 8]
+                               [--steps 120] [--inner-steps 20] [--batch-size 8] [--outer-momentum 0.5]
 """
 import argparse
-import json
 import os
 import re
 import shutil
@@ -21,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from meridian_procs import coordinator_address, json_lines, outer_rounds, read_text as read, write_token
+
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--bin", default="build/apps/meridian/meridian")
 parser.add_argument("--dir", default="runs/demo")
@@ -28,6 +29,8 @@ parser.add_argument("--steps", type=int, default=120, help="inner steps per node
 parser.add_argument("--inner-steps", type=int, default=20, help="H: inner steps per round")
 parser.add_argument("--batch-size", type=int, default=8)
 parser.add_argument("--kill-after-round", type=int, default=2)
+parser.add_argument("--outer-momentum", type=float, default=0.5,
+                    help="outer Nesterov momentum (the trainer's default 0.9 overshoots in a run of 6 rounds)")
 parser.add_argument("--timeout", type=int, default=600, help="seconds before the demo gives up")
 args = parser.parse_args()
 
@@ -37,9 +40,7 @@ if not os.path.exists(BIN):
     sys.exit("error: %s does not exist\nhint: run `make build` first (make demo does)" % BIN)
 shutil.rmtree(DIR, ignore_errors=True)
 os.makedirs(DIR)
-TOKEN = os.path.join(DIR, "run.token")
-with open(TOKEN, "w") as f:
-    f.write(os.urandom(24).hex() + "\n")
+TOKEN = write_token(os.path.join(DIR, "run.token"))
 RUN_LOG = os.path.join(DIR, "run.jsonl")
 T0 = time.monotonic()
 procs = {}
@@ -55,34 +56,12 @@ def start(name, argv):
     return procs[name]
 
 
-def read(path):
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()
-    except FileNotFoundError:
-        return ""
-
-
 def outer(name):
-    rounds = {}
-    for line in read(os.path.join(DIR, name, "metrics.jsonl")).splitlines():
-        try:
-            j = json.loads(line)
-        except ValueError:
-            continue
-        if j.get("type") == "outer":
-            rounds[j["round"]] = j
-    return rounds
+    return outer_rounds(os.path.join(DIR, name, "metrics.jsonl"))
 
 
 def run_events():
-    events = []
-    for line in read(RUN_LOG).splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            pass
-    return events
+    return json_lines(RUN_LOG)
 
 
 TRAIN = ["train", "--preset", "demo", "--set", "train.steps=%d" % args.steps, "--set", "train.batch_size=%d" % args.batch_size,
@@ -92,7 +71,8 @@ TRAIN = ["train", "--preset", "demo", "--set", "train.steps=%d" % args.steps, "-
 def node(name):
     return start(name, TRAIN + ["--set", "run.dir=" + os.path.join(DIR, name), "--set", "diloco.enabled=true",
                                 "--set", "diloco.inner_steps=%d" % args.inner_steps, "--set", "diloco.min_nodes=3",
-                                "--set", "diloco.codec=int8", "--coordinator", coord, "--token-file", TOKEN])
+                                "--set", "diloco.codec=int8", "--set", "diloco.outer_momentum=%g" % args.outer_momentum,
+                                "--coordinator", coord, "--token-file", TOKEN])
 
 
 def fail(msg):
@@ -104,18 +84,14 @@ def fail(msg):
 
 
 # --- start -----------------------------------------------------------------------------------
-start("coordinator", ["coordinator", "--listen", "127.0.0.1:0", "--token-file", TOKEN, "--log", RUN_LOG,
-                      "--heartbeat-timeout-ms", "3000"])
-coord = None
-while coord is None and elapsed() < 30:
-    m = re.search(r"meridian coordinator listening on (\S+)", read(os.path.join(DIR, "coordinator.log")))
-    coord = m.group(1) if m else None
-    time.sleep(0.05)
+coord = coordinator_address(os.path.join(DIR, "coordinator.log"),
+                            start("coordinator", ["coordinator", "--listen", "127.0.0.1:0", "--token-file", TOKEN,
+                                                  "--log", RUN_LOG, "--heartbeat-timeout-ms", "3000"]))
 if coord is None:
     fail("the coordinator did not start; see %s/coordinator.log" % DIR)
 
-print("Meridian decentralized demo: DiLoCo (H=%d inner steps, int8 pseudo-gradients) on 3 nodes, %d steps each" %
-      (args.inner_steps, args.steps))
+print("Meridian decentralized demo: DiLoCo (H=%d inner steps, int8 pseudo-gradients, outer Nesterov lr 0.7 momentum %g) "
+      "on 3 nodes, %d steps each" % (args.inner_steps, args.outer_momentum, args.steps))
 print("coordinator %s, run directory %s; node 3 is killed after round %d and node 4 joins\n" % (coord, DIR, args.kill_after_round))
 for name in ("node1", "node2", "node3"):
     node(name)

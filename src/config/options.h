@@ -48,7 +48,7 @@
   X(bool, enabled, false, "", "DiLoCo outer loop: an outer Nesterov step every inner_steps steps")   \
   X(int64_t, inner_steps, 100, "steps", "H: inner steps per outer round")                          \
   X(double, outer_lr, 0.7, "", "outer Nesterov learning rate")                                     \
-  X(double, outer_momentum, 0.9, "", "outer Nesterov momentum")                                     \
+  X(double, outer_momentum, 0.9, "", "outer Nesterov momentum (lower, e.g. 0.5, for few rounds or a large inner lr)") \
   X(std::string, codec, "int8", "", "pseudo-gradient wire codec: int8 | fp32 | bf16 | fp16")        \
   X(int64_t, min_nodes, 1, "nodes", "the first round waits until this many nodes are there")         \
   X(double, round_timeout_s, 1800, "s", "longest wait at a round start for the other nodes")

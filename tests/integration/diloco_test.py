@@ -7,7 +7,6 @@ Every case asserts that the run goes on, that every node that trained a round en
 same outer-parameter hash (the metrics' "outer" lines), and that the loss falls. Each wait has a
 deadline; every process is killed at the end. Prints "N passed, N failed"; exit 1 on a failure.
 """
-import json
 import os
 import shutil
 import signal
@@ -15,6 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+from meridian_procs import coordinator_address, json_lines, outer_rounds, read_text, write_token  # noqa: E402
 
 BIN = os.path.abspath(sys.argv[1])
 CASE = sys.argv[2]
@@ -42,8 +44,7 @@ def start(name, args, env_extra=None):
 
 
 def log_of(name):
-    with open(os.path.join(WORK, name + ".log"), errors="replace") as f:
-        return f.read()
+    return read_text(os.path.join(WORK, name + ".log"))
 
 
 def wait_for(what, predicate, timeout=120):
@@ -59,17 +60,9 @@ def wait_for(what, predicate, timeout=120):
 def coordinator(name="coord", port=0):
     p = start(name, ["coordinator", "--listen", "127.0.0.1:%d" % port, "--token-file", TOKEN,
                      "--heartbeat-timeout-ms", "6000", "--log", os.path.join(WORK, "run.jsonl")])
-    address = []
-
-    def listening():
-        for line in log_of(name).splitlines():
-            if line.startswith("meridian coordinator listening on "):
-                address.append(line.split()[-1])
-                return True
-        return p.poll() is not None
-
-    wait_for("coordinator listening", listening, 30)
-    return address[0] if address else "127.0.0.1:1"
+    address = coordinator_address(os.path.join(WORK, name + ".log"), p)
+    check("in time: coordinator listening", address is not None, log_of(name)[-1000:])
+    return address or "127.0.0.1:1"
 
 
 def node(name, coord, steps=0, H=10, min_nodes=1, codec="int8", env_extra=None, resume=False, extra=()):
@@ -85,19 +78,7 @@ def node(name, coord, steps=0, H=10, min_nodes=1, codec="int8", env_extra=None, 
 
 def outer(name):
     """The node's outer lines, by round (the last line of a round wins: a resumed node repeats none)."""
-    path = os.path.join(WORK, name, "metrics.jsonl")
-    rounds = {}
-    if not os.path.exists(path):
-        return rounds
-    with open(path) as f:
-        for line in f:
-            try:
-                j = json.loads(line)
-            except ValueError:
-                continue  # a line being written
-            if j.get("type") == "outer":
-                rounds[j["round"]] = j
-    return rounds
+    return outer_rounds(os.path.join(WORK, name, "metrics.jsonl"))
 
 
 def wait_exit(p, timeout=180):
@@ -140,8 +121,7 @@ def round_reached(name, r):
 
 
 def setup():
-    with open(TOKEN, "w") as f:
-        f.write("diloco-test-token-" + str(os.getpid()) + "\n")
+    write_token(TOKEN)
     corpus = os.path.join(WORK, "corpus.txt")
     with open(corpus, "w") as out:
         for path in ("/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/Apache-2.0"):
@@ -312,7 +292,7 @@ def case_coordinator_restart():
     check("both nodes in every round", all(j["nodes"] == 2 for j in outer("a").values()))
     hashes_agree(["a", "b"])
     loss_falls("a")
-    events = [json.loads(line)["event"] for line in open(os.path.join(WORK, "run.jsonl")) if line.strip()]
+    events = [e.get("event") for e in json_lines(os.path.join(WORK, "run.jsonl"))]
     check("the run log has joins, rounds and the restart",
           "registered" in events and "round" in events and "restarted" in events, sorted(set(events)))
 

@@ -141,7 +141,9 @@ TEST(Model, Causality) {
     auto changed = tokens.clone();
     changed[0][t] = (changed[0][t].item<int64_t>() + 1) % c.vocab_size;
     auto out = m(changed);
-    if (t > 0) EXPECT_TRUE(torch::equal(out.narrow(1, 0, t), base.narrow(1, 0, t))) << "token " << t << " leaked backwards";
+    if (t > 0) {
+      EXPECT_TRUE(torch::equal(out.narrow(1, 0, t), base.narrow(1, 0, t))) << "token " << t << " leaked backwards";
+    }
     EXPECT_FALSE(torch::allclose(out.narrow(1, t, 1), base.narrow(1, t, 1))) << "token " << t << " did not affect its own position";
   }
 }
