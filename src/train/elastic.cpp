@@ -252,8 +252,9 @@ net::NetStatus ElasticRounds::sync_inner_state(Trainer& trainer, RoundStats* sta
     const std::string err = adam.load_state(tensors, step->data_ptr<int64_t>()[0]);
     if (!err.empty()) return fail(Status::error(err));
     if (options_.out) {
-      std::fprintf(options_.out, "# received an inner optimizer state (AdamW step %lld), %.2f MB\n",
-                   static_cast<long long>(step->data_ptr<int64_t>()[0]), ss.bytes_downloaded / 1e6);
+      std::fprintf(options_.out, "# received an inner optimizer state (AdamW step %lld), %.2f MB in %.3f s (%.2f Gbit/s)\n",
+                   static_cast<long long>(step->data_ptr<int64_t>()[0]), ss.bytes_downloaded / 1e6, ss.transfer_seconds,
+                   ss.gbit_per_s());
       std::fflush(options_.out);
     }
   }
