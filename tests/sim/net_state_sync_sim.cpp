@@ -1,7 +1,8 @@
 // Seeded simulation of the shared-state sync: each seed draws a view, a source state, which
 // peers are up to date, stale (some buffers changed, missing or extra, an old revision) or
-// fresh, network timings, chunking, and at most one fault (a crash or a freeze at a random
-// moment). Every member runs in one thread on simulated time. Invariants:
+// fresh, which of them keep their own state (pulls = false), network timings, chunking, and at
+// most one fault (a crash or a freeze at a random moment). Every member runs in one thread on
+// simulated time. Invariants:
 //   - every live, unfrozen member finishes (ok or error) no later than its deadline;
 //   - without a fault, every member succeeds;
 //   - synced state matches its source hash: a member that succeeds holds exactly the elected
@@ -9,6 +10,7 @@
 //     equals the source's;
 //   - a member that fails holds its state from before the call (commit is the last step), or
 //     the synced state: never a mixture;
+//   - a member that keeps its own state ends with exactly that state and downloads nothing;
 //   - replaying the seed gives the same statuses and bytes.
 // A failure prints the seed; MERIDIAN_SIM_SEED=<seed> replays one, MERIDIAN_SIM_SEEDS sets how
 // many run (default 1000).
@@ -64,6 +66,9 @@ Outcome run_seed(uint64_t seed) {
       if (rng.below(3) == 0) states[r].put("extra", BufferDtype::kU8, random_bytes(rng, rng.below(100)));
     }
   }
+  // Keep-own members, drawn from their own stream so that the other draws of a seed stay as they were.
+  SplitMix64 own_rng(seed ^ 0x6b656570'6f776e00ull);
+  for (size_t r = 0; r < world; ++r) states[r].set_pulls(own_rng.below(4) != 0);
   std::vector<PeerId> view(world);
   std::vector<SharedState*> ptrs(world);
   std::vector<PeerReport> reports;
@@ -137,7 +142,10 @@ Outcome run_seed(uint64_t seed) {
     if (faults.empty()) {
       EXPECT_TRUE(res.status[r].is_ok()) << "peer " << r << ": " << res.status[r].to_string();
     }
-    if (res.status[r].is_ok()) {
+    if (!states[r].pulls()) {
+      EXPECT_EQ(h, before[r]) << "peer " << r << " keeps its own state, yet it changed";
+      EXPECT_EQ(res.stats[r].bytes_downloaded, 0u) << "peer " << r << " keeps its own state, yet it downloaded";
+    } else if (res.status[r].is_ok()) {
       EXPECT_EQ(h, target_hash) << "peer " << r << " synced to something else";
       for (const ElectedBuffer& e : elected.buffers) {
         const SharedState::Buffer* b = states[r].find(e.name);
