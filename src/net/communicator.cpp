@@ -431,26 +431,23 @@ NetStatus Communicator::sync_shared_state(SharedState& state, SyncOpStats* stats
     }
   }
 
-  // 3. Transfer, over the mesh, with holders mapped from peer ids to ranks in the view.
+  // 3. Transfer, over the mesh, with holders and keep-own peers mapped from peer ids to ranks
+  //    in the view (peers not in it dropped).
   SyncStats sync_stats;
   if (elected) {
     std::map<PeerId, PeerId> rank_of;
     for (size_t r = 0; r < view_.members.size(); ++r) rank_of[view_.members[r].peer_id] = static_cast<PeerId>(r);
-    ElectedHashes by_rank = std::move(elected->elected);
-    for (ElectedBuffer& b : by_rank.buffers) {
-      std::vector<PeerId> holders;
-      for (PeerId p : b.holders) {
-        if (auto it = rank_of.find(p); it != rank_of.end()) holders.push_back(it->second);
+    auto to_ranks = [&](const std::vector<PeerId>& ids) {
+      std::vector<PeerId> ranks;
+      for (PeerId p : ids) {
+        if (auto it = rank_of.find(p); it != rank_of.end()) ranks.push_back(it->second);
       }
-      std::sort(holders.begin(), holders.end());
-      b.holders = std::move(holders);
-    }
-    std::vector<PeerId> keep_own;
-    for (PeerId p : by_rank.keep_own) {
-      if (auto it = rank_of.find(p); it != rank_of.end()) keep_own.push_back(it->second);
-    }
-    std::sort(keep_own.begin(), keep_own.end());
-    by_rank.keep_own = std::move(keep_own);
+      std::sort(ranks.begin(), ranks.end());
+      return ranks;
+    };
+    ElectedHashes by_rank = std::move(elected->elected);
+    for (ElectedBuffer& b : by_rank.buffers) b.holders = to_ranks(b.holders);
+    by_rank.keep_own = to_ranks(by_rank.keep_own);
     std::vector<PeerId> ranks(view_.members.size());
     for (size_t i = 0; i < ranks.size(); ++i) ranks[i] = static_cast<PeerId>(i);
     if (options_.before_sync_transfer_for_tests) options_.before_sync_transfer_for_tests();

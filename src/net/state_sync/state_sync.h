@@ -14,9 +14,10 @@
 //
 // The algorithm (plan_sync() is the pure part every member computes identically):
 //   Plan. For every member d (rank r in the view) that does not keep its own (elected.keep_own)
-//   and every elected buffer b that d does not hold (d is not in b.holders), b is cut into chunks of chunk_bytes; chunk c is assigned to
-//   source s = H[(c + r) mod |H|], H = the holders of b that are in the view. So a buffer is
-//   striped over all its holders, and different downloaders start on different sources.
+//   and every elected buffer b that d does not hold (d is not in b.holders), b is cut into
+//   chunks of chunk_bytes; chunk c is assigned to source s = H[(c + r) mod |H|], H = the
+//   holders of b that are in the view. So a buffer is striped over all its holders, and
+//   different downloaders start on different sources.
 //   Pull. The downloader keeps at most window_per_source requests outstanding per source
 //   (P2P_SyncRequest{buffer, offset, length}); each answer (P2P_SyncChunk) is copied into a
 //   staging buffer and the next request goes out. TCP spreads the outstanding chunks over the
