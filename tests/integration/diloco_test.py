@@ -275,6 +275,18 @@ def case_leave_rejoin():
     loss_falls("a")
 
 
+def case_first_barrier_timeout():
+    """A node waiting at its first round start longer than diloco.round_timeout_s (here for a
+    second node that never comes) ends with an error that names the setting to raise."""
+    coord = coordinator()
+    a = node("a", coord, steps=40, H=10, min_nodes=2, extra=["--set", "diloco.round_timeout_s=1"])
+    code = wait_exit(a, 60)
+    log = log_of("a")
+    check("the lone node gave up (exit %s)" % code, code not in (0, None), log[-1500:])
+    check("  ... naming the bound and how to raise it", "no new view within 1000 ms" in log and
+          "hint: the first round start waits at most diloco.round_timeout_s" in log, log[-1500:])
+
+
 def case_coordinator_restart():
     """The coordinator is SIGKILLed and restarted on the same port: the nodes go on."""
     coord = coordinator()
@@ -299,7 +311,8 @@ def case_coordinator_restart():
 
 CASES = {"exact": case_exact, "kill-inner": case_kill_inner, "kill-all-reduce": case_kill_all_reduce,
          "all-but-one": case_all_but_one_die, "join": case_join, "kill-transfer": case_kill_transfer,
-         "leave-rejoin": case_leave_rejoin, "coordinator-restart": case_coordinator_restart}
+         "leave-rejoin": case_leave_rejoin, "coordinator-restart": case_coordinator_restart,
+         "first-barrier-timeout": case_first_barrier_timeout}
 
 try:
     setup()
