@@ -52,12 +52,8 @@ while [[ $# -gt 0 ]]; do
 done
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
-if [[ -z "$bench" ]]; then
-  for candidate in "$here"/build-h5t/bench/allreduce/bench_allreduce "$here"/build/bench/allreduce/bench_allreduce \
-                   "$here"/build-h5/bench/allreduce/bench_allreduce; do
-    if [[ -x "$candidate" ]]; then bench="$candidate"; break; fi
-  done
-fi
+# The build directory `make` uses; other build trees only by --bench (an old one would measure old code).
+if [[ -z "$bench" && -x "$here/build/bench/allreduce/bench_allreduce" ]]; then bench="$here/build/bench/allreduce/bench_allreduce"; fi
 if [[ -z "$bench" || ! -x "$bench" ]]; then
   echo "netns-bench: no bench_allreduce binary found" >&2
   echo "hint: build it (cmake --build build --target bench_allreduce) or pass --bench PATH" >&2
