@@ -98,6 +98,15 @@ class Reader {
     }
     return v;
   }
+  // n peer ids (the caller bounds n), which must be ascending and unique.
+  std::vector<PeerId> ascending_ids(uint32_t n) {
+    std::vector<PeerId> ids;
+    for (uint32_t i = 0; i < n && ok_; ++i) {
+      ids.push_back(u32());
+      if (i > 0 && ids[i - 1] >= ids[i]) ok_ = false;
+    }
+    return ids;
+  }
   // A buffer digest; refuses names over kMaxBufferNameBytes and unknown dtypes.
   BufferDigest digest() {
     BufferDigest d;
@@ -448,12 +457,7 @@ Result<ControlMessage> decode_message(std::span<const std::byte> payload) {
       for (uint32_t s = 0; s < set_count && r.ok(); ++s) {
         const uint32_t k = r.u32();
         if (r.ok() && k > kMaxViewMembers) return Status::error("M2C_SyncElected: holder set of " + std::to_string(k));
-        std::vector<PeerId> set;
-        for (uint32_t i = 0; i < k && r.ok(); ++i) {
-          set.push_back(r.u32());
-          if (i > 0 && set[i - 1] >= set[i]) r.invalidate();  // ascending, unique
-        }
-        sets.push_back(std::move(set));
+        sets.push_back(r.ascending_ids(k));
       }
       const uint32_t n = r.u32();
       if (r.ok() && n > kMaxSyncBuffers) return Status::error("M2C_SyncElected: " + std::to_string(n) + " buffers");
@@ -474,10 +478,7 @@ Result<ControlMessage> decode_message(std::span<const std::byte> payload) {
       }
       const uint32_t keep_own = r.u32();
       if (r.ok() && keep_own > kMaxViewMembers) return Status::error("M2C_SyncElected: " + std::to_string(keep_own) + " peers keep their own");
-      for (uint32_t i = 0; i < keep_own && r.ok(); ++i) {
-        m.elected.keep_own.push_back(r.u32());
-        if (i > 0 && m.elected.keep_own[i - 1] >= m.elected.keep_own[i]) r.invalidate();  // ascending, unique
-      }
+      m.elected.keep_own = r.ascending_ids(keep_own);
       if (r.ok() && sets_used != sets.size()) return Status::error("M2C_SyncElected: unused holder sets");
       if (r.ok() && std::set<std::vector<PeerId>>(sets.begin(), sets.end()).size() != sets.size()) {
         return Status::error("M2C_SyncElected: holder sets repeat");
