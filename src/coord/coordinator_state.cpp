@@ -417,12 +417,18 @@ void CoordinatorState::on_op_begin(PeerId peer, const wire::C2M_OpBegin& m, Out&
   while (ops_.size() > config_.max_tracked_ops) ops_.erase(ops_.begin());
 }
 
+CoordinatorState::OpRecord* CoordinatorState::open_op(PeerId peer, uint64_t epoch, uint64_t op_id, Out& out) {
+  on_op_begin(peer, wire::C2M_OpBegin{epoch, op_id}, out);
+  auto it = ops_.find(OpKey{epoch, op_id});
+  if (it == ops_.end() || it->second.final_sent) return nullptr;  // answered by on_op_begin
+  return &it->second;
+}
+
 void CoordinatorState::on_op_result(PeerId peer, const wire::C2M_OpResult& m, Out& out) {
-  on_op_begin(peer, wire::C2M_OpBegin{m.epoch, m.op_id}, out);  // a result implies a begin
   const OpKey key{m.epoch, m.op_id};
-  auto it = ops_.find(key);
-  if (it == ops_.end() || it->second.final_sent) return;  // answered by on_op_begin
-  OpRecord& op = it->second;
+  OpRecord* found = open_op(peer, m.epoch, m.op_id, out);
+  if (found == nullptr) return;
+  OpRecord& op = *found;
   if (!m.ok) {
     finish_op(key, op, false, "peer " + std::to_string(peer) + " failed: " + m.detail, out);
     return;
@@ -434,11 +440,10 @@ void CoordinatorState::on_op_result(PeerId peer, const wire::C2M_OpResult& m, Ou
 }
 
 void CoordinatorState::on_sync_report(PeerId peer, const wire::C2M_SyncReport& m, Out& out) {
-  on_op_begin(peer, wire::C2M_OpBegin{m.epoch, m.op_id}, out);  // a report implies a begin
   const OpKey key{m.epoch, m.op_id};
-  auto it = ops_.find(key);
-  if (it == ops_.end() || it->second.final_sent) return;  // answered by on_op_begin
-  OpRecord& op = it->second;
+  OpRecord* found = open_op(peer, m.epoch, m.op_id, out);
+  if (found == nullptr) return;
+  OpRecord& op = *found;
   op.is_sync = true;
   if (op.elected_sent) {  // a report sent again after a reconnect: the same answer
     const auto c = peers_.find(peer);

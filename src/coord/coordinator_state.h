@@ -190,6 +190,9 @@ class CoordinatorState {
   void on_op_begin(PeerId peer, const wire::C2M_OpBegin& m, Out& out);
   void on_op_result(PeerId peer, const wire::C2M_OpResult& m, Out& out);
   void on_sync_report(PeerId peer, const wire::C2M_SyncReport& m, Out& out);
+  // A result or a report implies a begin: on_op_begin, then the op's record, or nullptr when
+  // it is already answered (final sent, or unknown to on_op_begin).
+  OpRecord* open_op(PeerId peer, uint64_t epoch, uint64_t op_id, Out& out);
   // kind: the log event, "left", "evicted" or "closed".
   void remove_peer(PeerId peer, const char* kind, const std::string& why, Out& out);
   LogEvent view_event(const char* kind) const;  // kind with the current view's fields
