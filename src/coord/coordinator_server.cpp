@@ -118,30 +118,20 @@ std::string run_log_line(double unix_time_s, const std::string& msg, const LogEv
   append_json_string(out, event.kind.empty() ? "note" : event.kind);
   out += ",\"msg\":";
   append_json_string(out, msg);
-  if (event.peer) {
-    append_key(out, "peer");
-    out += std::to_string(*event.peer);
-  }
+  auto number = [&](const char* key, const auto& value) {  // an optional integer field
+    if (!value) return;
+    append_key(out, key);
+    out += std::to_string(*value);
+  };
+  number("peer", event.peer);
   if (!event.address.empty()) {
     append_key(out, "address");
     append_json_string(out, event.address);
   }
-  if (event.epoch) {
-    append_key(out, "epoch");
-    out += std::to_string(*event.epoch);
-  }
-  if (event.round) {
-    append_key(out, "round");
-    out += std::to_string(*event.round);
-  }
-  if (event.op_id) {
-    append_key(out, "op_id");
-    out += std::to_string(*event.op_id);
-  }
-  if (event.size) {
-    append_key(out, "size");
-    out += std::to_string(*event.size);
-  }
+  number("epoch", event.epoch);
+  number("round", event.round);
+  number("op_id", event.op_id);
+  number("size", event.size);
   if (event.members) {
     append_key(out, "members");
     append_ids(out, *event.members);
