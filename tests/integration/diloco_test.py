@@ -76,6 +76,11 @@ def node(name, coord, steps=0, H=10, min_nodes=1, codec="int8", env_extra=None, 
                         "--set", "diloco.codec=" + codec] + common + list(extra), env_extra)
 
 
+def nodes(coord, names, **args):
+    """One node per letter of names, started alike."""
+    return [node(n, coord, **args) for n in names]
+
+
 def outer(name):
     """The node's outer lines, by round (the last line of a round wins: a resumed node repeats none)."""
     return outer_rounds(os.path.join(WORK, name, "metrics.jsonl"))
@@ -136,7 +141,7 @@ def case_exact():
     """2 nodes with the fp32 codec equal, bit for bit, the single-process reference after 3 rounds."""
     coord = coordinator()
     args = dict(steps=12, H=4, min_nodes=2, codec="fp32")
-    a, b = node("a", coord, **args), node("b", coord, **args)
+    a, b = nodes(coord, "ab", **args)
     finished(a, "a")
     finished(b, "b")
     hashes_agree(["a", "b"])
@@ -157,7 +162,7 @@ def case_kill_inner():
     """SIGKILL of a node during its inner steps: the others go on without it."""
     coord = coordinator()
     args = dict(steps=300, H=10, min_nodes=3)
-    a, b, c = node("a", coord, **args), node("b", coord, **args), node("c", coord, **args)
+    a, b, c = nodes(coord, "abc", **args)
     wait_for("round 3 on c", round_reached("c", 3))
     c.send_signal(signal.SIGKILL)
     c.wait()
@@ -181,7 +186,7 @@ def case_kill_all_reduce():
     """SIGKILL of a node as the others are in round 3's all-reduce: they retry without it."""
     coord = coordinator()
     args = dict(steps=100, H=10, min_nodes=3)
-    a, b = node("a", coord, **args), node("b", coord, **args)
+    a, b = nodes(coord, "ab", **args)
     c = node("c", coord, env_extra={"MERIDIAN_TEST_FAULT": "all_reduce:3"}, **args)
     check("c died in round 3's all-reduce", wait_exit(c) == -signal.SIGKILL)
     finished(a, "a")
@@ -197,7 +202,7 @@ def case_all_but_one_die():
     """Every peer but one dies: that one keeps training alone."""
     coord = coordinator()
     args = dict(steps=200, H=10, min_nodes=3)
-    a, b, c = node("a", coord, **args), node("b", coord, **args), node("c", coord, **args)
+    a, b, c = nodes(coord, "abc", **args)
     wait_for("round 3 on a", round_reached("a", 3))
     for p in (b, c):
         p.send_signal(signal.SIGKILL)
@@ -213,7 +218,7 @@ def case_join():
     """A node started mid-run receives the state at the next round start and trains with the others."""
     coord = coordinator()
     args = dict(steps=300, H=10, min_nodes=2)
-    a, b = node("a", coord, **args), node("b", coord, **args)
+    a, b = nodes(coord, "ab", **args)
     wait_for("round 2 on a", round_reached("a", 2))
     d = node("d", coord, **args)
     finished(a, "a")
@@ -240,7 +245,7 @@ def case_kill_transfer():
     cleanly, the joiner gets the state from the others at the retry."""
     coord = coordinator()
     args = dict(steps=300, H=10, min_nodes=3)
-    a, b = node("a", coord, **args), node("b", coord, **args)
+    a, b = nodes(coord, "ab", **args)
     c = node("c", coord, env_extra={"MERIDIAN_TEST_FAULT": "serve_joiner"}, **args)
     wait_for("round 2 on a", round_reached("a", 2))
     d = node("d", coord, **args)
@@ -257,7 +262,7 @@ def case_leave_rejoin():
     """SIGTERM: the node leaves gracefully (checkpoint, exit 130); resumed later, it rejoins."""
     coord = coordinator()
     args = dict(steps=400, H=10, min_nodes=3)
-    a, b, c = node("a", coord, **args), node("b", coord, **args), node("c", coord, **args)
+    a, b, c = nodes(coord, "abc", **args)
     wait_for("round 3 on c", round_reached("c", 3))
     c.send_signal(signal.SIGTERM)
     code = wait_exit(c, 60)
@@ -292,7 +297,7 @@ def case_coordinator_restart():
     coord = coordinator()
     port = int(coord.rsplit(":", 1)[1])
     args = dict(steps=300, H=10, min_nodes=2)
-    a, b = node("a", coord, **args), node("b", coord, **args)
+    a, b = nodes(coord, "ab", **args)
     wait_for("round 3 on a", round_reached("a", 3))
     procs[0].send_signal(signal.SIGKILL)
     procs[0].wait()
