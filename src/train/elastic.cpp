@@ -134,10 +134,11 @@ Status ElasticRounds::meet(Trainer& trainer, bool admit_joiners, RoundStats* sta
     const auto t0 = Clock::now();
     // min_nodes holds only the first barrier: later, a run that lost nodes must go on.
     Status st = comm_->update_topology(members_.empty() ? options_.min_nodes : 0, admit_joiners);
-    stats->barrier_s += seconds_since(t0);
-    if (!st.is_ok() && members_.empty() && fatal_.is_ok() && st.hint().empty()) {
-      // Never admitted yet: a new run's first node waits for diloco.min_nodes nodes, a joiner for
-      // the current round to end; both may take longer than the bound.
+    const double waited_s = seconds_since(t0);
+    stats->barrier_s += waited_s;
+    if (!st.is_ok() && members_.empty() && waited_s * 1000 >= static_cast<double>(options_.comm.topology_timeout_ms)) {
+      // Timed out before ever being admitted: a new run's first node waits for diloco.min_nodes
+      // nodes, a joiner for the current round to end; both may take longer than the bound.
       return Status::error(st.message(), "the first round start waits at most diloco.round_timeout_s, for diloco.min_nodes "
                                          "nodes (a new run) or for the run's next round start (a joiner): raise it above "
                                          "the run's round time, or check that the other nodes are up")
