@@ -12,7 +12,7 @@
 # Each node link is shaped with tc tbf (100 Mbit/s, both directions). Node-to-node (mesh)
 # traffic crosses the bridge but not the coordinator process.
 #
-# Always cleans up (also on error or Ctrl-C): kills the processes it started, deletes the three
+# Always cleans up (also on error or Ctrl-C): kills the processes it started, deletes the
 # namespaces (which removes the bridge and the veths) and the temp dir (KEEP=1 keeps the temp
 # dir: node logs, run dirs, the coordinator's run.jsonl). Exits non-zero when a node fails or
 # the hashes differ. Needs root (ip netns, tc). Env: RATE (default 100mbit), DEADLINE_S (300),
@@ -65,7 +65,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
 
 echo "== setting up namespaces ${prefix}coord and $nodes node namespaces on 10.77.0.0/24 (links shaped to $rate)"
 netns_add "$ns_coord"
