@@ -1,5 +1,5 @@
 // The all-reduce state machine; the algorithm and its cost are described in all_reduce.h and
-// docs/algorithms.md. Names follow the prose: contribute, reduce (fold), broadcast, commit.
+// docs/algorithms.md. Names follow the prose: contribute, reduce (fold), broadcast, write (store_result).
 #include "net/collective/all_reduce.h"
 
 #include <algorithm>
@@ -113,14 +113,17 @@ void AllReduce::start() {
   deadline_us_ = start_us_ + options_.timeout_ms * 1000;
 
   const size_t own_pieces = piece_count(rank_);
-  acc_.assign(shard_begin(rank_ + 1) - shard_begin(rank_), 0.0f);
+  // Neither is zero-filled: rank 0's contribution initialises each accumulator piece, and only
+  // the ranges a result overwrote are saved; their pages are touched as the pieces arrive.
+  acc_.reset(new float[shard_begin(rank_ + 1) - shard_begin(rank_)]);
+  saved_.reset(new float[count_]);
   contributions_.assign(own_pieces, std::vector<std::vector<std::byte>>(world_));
   next_fold_rank_.assign(own_pieces, 0);
-  results_.assign(world_, {});
+  result_written_.assign(world_, {});
   results_total_ = 0;
   size_t max_pieces = 0;
   for (size_t j = 0; j < world_; ++j) {
-    results_[j].resize(piece_count(j));
+    result_written_[j].assign(piece_count(j), false);
     results_total_ += piece_count(j);
     max_pieces = std::max(max_pieces, piece_count(j));
   }
@@ -259,13 +262,13 @@ void AllReduce::on_frame(PeerId peer, std::vector<std::byte>& frame) {
     fold_ready(h.piece);
   } else if (h.kind == kKindResult) {
     if (h.shard != sender) return protocol_error("result for shard " + std::to_string(h.shard) + " from its non-owner");
-    if (!results_[h.shard][h.piece].empty()) return protocol_error("duplicate result");
+    if (result_written_[h.shard][h.piece]) return protocol_error("duplicate result");
     if (h.piece >= next_piece_[h.shard]) return protocol_error("result for a piece not yet contributed");
     const uint64_t acked_bytes = frame.size();  // the same count, so the size of our contribution
     ++acked_[h.shard];
     bytes_in_flight_[h.shard] -= acked_bytes;
     bytes_acked_total_ += acked_bytes;
-    store_result(h.shard, h.piece, std::move(frame));
+    store_result(h.shard, h.piece, frame);
     send_window(h.shard);
   } else {
     return protocol_error("unknown frame kind " + std::to_string(h.kind));
@@ -275,7 +278,7 @@ void AllReduce::on_frame(PeerId peer, std::vector<std::byte>& frame) {
 // Step 2, reduce: fold contributions strictly in rank order.
 void AllReduce::fold_ready(size_t piece) {
   const Range r = piece_range(rank_, piece);
-  std::span<float> acc = std::span<float>(acc_).subspan(r.begin - shard_begin(rank_), r.count);
+  std::span<float> acc(acc_.get() + (r.begin - shard_begin(rank_)), r.count);
   std::vector<std::vector<std::byte>>& slots = contributions_[piece];
   size_t& next = next_fold_rank_[piece];
   while (next < world_ && !slots[next].empty()) {
@@ -294,7 +297,7 @@ void AllReduce::fold_ready(size_t piece) {
 // Step 3, broadcast: one encoding of the reduced piece, the same bytes to everyone.
 void AllReduce::finish_piece(size_t piece) {
   const Range r = piece_range(rank_, piece);
-  std::span<float> acc = std::span<float>(acc_).subspan(r.begin - shard_begin(rank_), r.count);
+  std::span<float> acc(acc_.get() + (r.begin - shard_begin(rank_)), r.count);
   if (options_.op == ReduceOp::kMean) {
     const float n = static_cast<float>(world_);
     for (float& v : acc) v /= n;
@@ -304,26 +307,26 @@ void AllReduce::finish_piece(size_t piece) {
     NetStatus st = send_frame((rank_ + d) % world_, frame);
     if (!st.is_ok()) fail(st);
   }
-  if (!done_) store_result(rank_, piece, std::move(frame));
+  if (!done_) store_result(rank_, piece, frame);
 }
 
-void AllReduce::store_result(size_t shard, size_t piece, std::vector<std::byte> frame) {
-  results_[shard][piece] = std::move(frame);
+// Step 4, write the result: save the values it replaces, then decode it in place. Our own
+// contribution to this piece was encoded before (a result acknowledges it), so no input that is
+// still needed is overwritten.
+void AllReduce::store_result(size_t shard, size_t piece, const std::vector<std::byte>& frame) {
+  const Range r = piece_range(shard, piece);
+  std::span<float> values = buffer_.subspan(r.begin, r.count);
+  std::copy(values.begin(), values.end(), saved_.get() + r.begin);
+  decode(options_.codec, std::span<const std::byte>(frame).subspan(kAllReduceHeaderBytes), values);
+  result_written_[shard][piece] = true;
   ++results_held_;
   if (results_held_ == results_total_ && started_) commit();
 }
 
-// Step 4, commit: the only place that writes the caller's buffer.
 void AllReduce::commit() {
   if (done_) return;
-  for (size_t j = 0; j < world_; ++j) {
-    for (size_t k = 0; k < results_[j].size(); ++k) {
-      const Range r = piece_range(j, k);
-      decode(options_.codec, std::span<const std::byte>(results_[j][k]).subspan(kAllReduceHeaderBytes),
-             buffer_.subspan(r.begin, r.count));
-    }
-  }
-  results_.clear();
+  result_written_.clear();
+  saved_.reset();
   done_ = true;
   status_ = NetStatus::ok();
   stats_.elapsed_us = transport_.clock().now_us() - start_us_;
@@ -334,10 +337,18 @@ void AllReduce::fail(NetStatus status) {
   done_ = true;
   status_ = std::move(status);
   stats_.elapsed_us = transport_.clock().now_us() - start_us_;
-  // Drop what we hold: the operation is over and the buffer stays as it was.
+  // Put back what the results overwrote, then drop what we hold: the buffer is as it was.
+  for (size_t j = 0; j < result_written_.size(); ++j) {
+    for (size_t k = 0; k < result_written_[j].size(); ++k) {
+      if (!result_written_[j][k]) continue;
+      const Range r = piece_range(j, k);
+      std::copy(saved_.get() + r.begin, saved_.get() + r.begin + r.count, buffer_.begin() + r.begin);
+    }
+  }
   contributions_.clear();
-  results_.clear();
-  acc_.clear();
+  result_written_.clear();
+  saved_.reset();
+  acc_.reset();
 }
 
 void AllReduce::check_deadline() {

@@ -23,29 +23,32 @@
 //      it divides by N once at the end.
 //   3. Broadcast: the owner encodes the reduced piece once and sends the same bytes to every
 //      other member, keeping a copy.
-//   4. Commit: when a member holds the encoded result of every piece of every shard, it decodes
-//      them all into the caller's buffer. Every member, owner included, decodes the same bytes,
-//      so all members end bit-identical.
+//   4. Write: as each result arrives, a member saves the values of that piece's range and
+//      decodes the result over them (its own contribution to the piece was encoded before:
+//      the result acknowledges it). Every member, owner included, decodes the same bytes, so
+//      all members end bit-identical. Decoding as results arrive, not all at the end, keeps a
+//      pass over the whole buffer off the operation's tail.
 // Cost, with S = encoded size of the buffer: each member sends (N-1)/N * S in step 1 and
 // (N-1)/N * S in step 3, and receives as much: 2(N-1)/N * S each way (plus a 32-byte header
 // per piece and per-piece codec overhead, e.g. int8 block scales). Two message latencies per
-// piece on the critical path; pieces pipeline. Memory: the encoded results (about S) plus the
-// owner's fp32 accumulator (count/N values) and contributions waiting for their turn.
+// piece on the critical path; pieces pipeline. Memory: the saved values (up to count fp32) plus
+// the owner's fp32 accumulator (count/N values) and contributions waiting for their turn.
 // Error: each input value is rounded once by the codec (step 1), the fp32 sum adds at most
 // (N-1) fp32 roundings (relative 2^-24 each, negligible next to bf16/fp16/int8), and the
 // result is rounded once more (step 3). So the codec error does not grow with N: for int8,
 // |error| <= mean_i(step_i)/2 + step_result/2 <= one input quantization step.
 //
-// Failure: the caller's buffer is written only in step 4. A member that is lost (kPeerLost
-// from the transport, or a send to it failing), a malformed frame (kProtocol) or the deadline
-// (kTimeout) ends the operation with that error and the buffer untouched; retry under the new
-// view with a new op_id. Frames of other operations are not consumed (see on_recv).
+// Failure: a member that is lost (kPeerLost from the transport, or a send to it failing), a
+// malformed frame (kProtocol) or the deadline (kTimeout) ends the operation with that error,
+// and the saved values are put back: the buffer is as it was before start(). Retry under the
+// new view with a new op_id. Frames of other operations are not consumed (see on_recv).
 //
 // Threading: an AllReduce is driven by one thread at a time (it is a plain state machine:
 // start, then feed it what the transport's recv returns).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <vector>
@@ -143,21 +146,21 @@ class AllReduce {
   void on_frame(PeerId peer, std::vector<std::byte>& frame);
   void fold_ready(size_t piece);   // owner: fold contributions in rank order while possible
   void finish_piece(size_t piece); // owner: divide, encode once, broadcast
-  void store_result(size_t shard, size_t piece, std::vector<std::byte> frame);
+  void store_result(size_t shard, size_t piece, const std::vector<std::byte>& frame);  // step 4 for one piece
   void commit();
   void fail(NetStatus status);
 
   Transport& transport_;
   std::vector<PeerId> members_;
   std::vector<int32_t> rank_of_peer_;  // PeerId -> rank, -1 if not a member
-  std::span<float> buffer_;            // written only by commit()
+  std::span<float> buffer_;            // written by store_result(), restored by fail()
   AllReduceOptions options_;
   size_t world_ = 0;
   size_t rank_ = 0;
   size_t count_ = 0;
 
   // Owner side (shard == rank_): contributions_[piece][rank] holds a whole frame until folded.
-  std::vector<float> acc_;  // f32 [shard length]
+  std::unique_ptr<float[]> acc_;  // f32 [shard length]
   std::vector<std::vector<std::vector<std::byte>>> contributions_;
   std::vector<size_t> next_fold_rank_;
   // Every member: the send window per owner. next_piece_[owner] pieces were contributed,
@@ -168,8 +171,10 @@ class AllReduce {
   uint64_t bytes_acked_total_ = 0;
   double rate_hint_ = 0;  // bytes per us per owner, from an earlier operation
   double acked_rate_per_owner() const;  // this operation's so far, bytes per us
-  // Every member: results_[shard][piece] holds the owner's encoded result frame.
-  std::vector<std::vector<std::vector<std::byte>>> results_;
+  // Every member: result_written_[shard][piece] once that result is decoded into the buffer;
+  // saved_ (f32 [count]) holds the values it replaced there, for fail() to put back.
+  std::vector<std::vector<bool>> result_written_;
+  std::unique_ptr<float[]> saved_;
   size_t results_held_ = 0;
   size_t results_total_ = 0;
 
