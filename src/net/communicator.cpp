@@ -358,7 +358,6 @@ NetStatus Communicator::all_reduce(float* buffer, size_t count, Codec codec, Red
   if (NetStatus st = begin_op(epoch, op_id, &mesh); !st.is_ok()) return st;
   send_control(ms::C2M_OpBegin{epoch, op_id});
 
-  scratch_.assign(buffer, buffer + count);
   std::vector<PeerId> ranks(view_.members.size());
   for (size_t i = 0; i < ranks.size(); ++i) ranks[i] = static_cast<PeerId>(i);
   AllReduceOptions ar;
@@ -368,9 +367,11 @@ NetStatus Communicator::all_reduce(float* buffer, size_t count, Codec codec, Red
   ar.timeout_ms = options_.op_timeout_ms;
   ar.op_id = op_id;
   AllReduceStats ar_stats;
-  const NetStatus local = runner_->run(ranks, std::span<float>(scratch_), ar, &ar_stats);
+  // In place: a local failure leaves the buffer as it was; a local success that the coordinator
+  // does not confirm (another member failed) is undone.
+  const NetStatus local = runner_->run(ranks, std::span<float>(buffer, count), ar, &ar_stats);
   const NetStatus st = finish_op(epoch, op_id, local, deadline);
-  if (st.is_ok() && count > 0) std::memcpy(buffer, scratch_.data(), count * sizeof(float));
+  if (!st.is_ok() && local.is_ok()) runner_->restore_input();
   if (stats != nullptr) {
     stats->op_id = op_id;
     stats->epoch = epoch;

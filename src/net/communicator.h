@@ -9,13 +9,14 @@
 //   comm->leave();
 //
 // How an operation ends (the coordinator's "one final status per operation"): every member
-// runs the all-reduce (collective/all_reduce.h) on a private copy of the buffer over the
+// runs the all-reduce (collective/all_reduce.h) in place on the caller's buffer over the
 // view's authenticated mesh (membership/mesh_transport.h), then reports its local outcome to
 // the coordinator (C2M_OpResult) and waits for the operation's final status (M2C_OpFinal). The
-// caller's buffer is written only when the final status is ok, i.e. when every member holds the
-// same result: if one member fails after another has its result, nobody commits, so the
-// members never diverge. Cost: one extra copy of the buffer and one round trip to the
-// coordinator per operation.
+// result stays only when the final status is ok, i.e. when every member holds the same result:
+// if one member fails after another has its result, the latter puts its old values back
+// (AllReduceRunner::restore_input), so nobody commits and the members never diverge. Cost: one
+// round trip to the coordinator per operation; the all-reduce saves the values it replaces as
+// it goes (a copy overlapped with the transfer, into scratch the runner keeps).
 //
 // Shared-state sync (sync_shared_state): an operation like an all-reduce, in three steps.
 //   1. Report: every member sends the per-buffer XXH3-128 digests of its state
@@ -165,7 +166,6 @@ class Communicator {
   size_t rank_ = 0;
   uint64_t op_seq_ = 0;                      // operations started since the last barrier
   bool votes_ = false;                       // an ok sync since this peer was admitted
-  std::vector<float> scratch_;               // the all-reduce works here, not in the caller's buffer
   std::unique_ptr<AllReduceRunner> runner_;  // per mesh
   std::unique_ptr<StateSyncRunner> sync_runner_;  // per mesh
   bool left_ = false;

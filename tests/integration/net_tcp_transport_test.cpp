@@ -194,7 +194,8 @@ TEST(net_TcpTransport, IncompleteMeshFailsAtTheDeadlineNamingThePeer) {
 }
 
 // The same all-reduce over TCP (threads, real sockets, arbitrary arrival order) and over the
-// simulation gives the same bytes: the result depends only on the inputs.
+// simulation gives the same bytes: the result depends only on the inputs. A runner's second
+// operation (on the first one's scratch) gives them too and can be undone.
 TEST(net_TcpTransport, AllReduceOverTcpMatchesTheSimulationBitForBit) {
   const size_t world = 4, count = 300'000;
   std::vector<std::vector<float>> in(world, std::vector<float>(count));
@@ -230,6 +231,11 @@ TEST(net_TcpTransport, AllReduceOverTcpMatchesTheSimulationBitForBit) {
         if (status[r].is_ok() && !st2.is_ok()) status[r] = st2;
         if (status[r].is_ok() && std::memcmp(second.data(), tcp_buf[r].data(), 4 * count) != 0) {
           status[r] = NetStatus::error(NetCode::kProtocol, kNoPeer, "second run differs from the first");
+        }
+        // The caller may undo a run it must not count (the coordinator failed the operation):
+        // the second run, on the first run's scratch, puts back exactly its input, once.
+        if (status[r].is_ok() && (!runner.restore_input() || second != in[r] || runner.restore_input())) {
+          status[r] = NetStatus::error(NetCode::kProtocol, kNoPeer, "restore_input did not put the input back once");
         }
       });
     }

@@ -113,10 +113,11 @@ void AllReduce::start() {
   deadline_us_ = start_us_ + options_.timeout_ms * 1000;
 
   const size_t own_pieces = piece_count(rank_);
-  // Neither is zero-filled: rank 0's contribution initialises each accumulator piece, and only
-  // the ranges a result overwrote are saved; their pages are touched as the pieces arrive.
-  acc_.reset(new float[shard_begin(rank_ + 1) - shard_begin(rank_)]);
-  saved_.reset(new float[count_]);
+  // Grown only: rank 0's contribution initialises each accumulator piece, and a range is saved
+  // before a result overwrites it, so old contents do not matter.
+  const size_t shard_length = shard_begin(rank_ + 1) - shard_begin(rank_);
+  if (scratch_.acc.size() < shard_length) scratch_.acc.resize(shard_length);
+  if (scratch_.saved.size() < count_) scratch_.saved.resize(count_);
   contributions_.assign(own_pieces, std::vector<std::vector<std::byte>>(world_));
   next_fold_rank_.assign(own_pieces, 0);
   result_written_.assign(world_, {});
@@ -278,7 +279,7 @@ void AllReduce::on_frame(PeerId peer, std::vector<std::byte>& frame) {
 // Step 2, reduce: fold contributions strictly in rank order.
 void AllReduce::fold_ready(size_t piece) {
   const Range r = piece_range(rank_, piece);
-  std::span<float> acc(acc_.get() + (r.begin - shard_begin(rank_)), r.count);
+  std::span<float> acc(scratch_.acc.data() + (r.begin - shard_begin(rank_)), r.count);
   std::vector<std::vector<std::byte>>& slots = contributions_[piece];
   size_t& next = next_fold_rank_[piece];
   while (next < world_ && !slots[next].empty()) {
@@ -297,7 +298,7 @@ void AllReduce::fold_ready(size_t piece) {
 // Step 3, broadcast: one encoding of the reduced piece, the same bytes to everyone.
 void AllReduce::finish_piece(size_t piece) {
   const Range r = piece_range(rank_, piece);
-  std::span<float> acc(acc_.get() + (r.begin - shard_begin(rank_)), r.count);
+  std::span<float> acc(scratch_.acc.data() + (r.begin - shard_begin(rank_)), r.count);
   if (options_.op == ReduceOp::kMean) {
     const float n = static_cast<float>(world_);
     for (float& v : acc) v /= n;
@@ -316,7 +317,7 @@ void AllReduce::finish_piece(size_t piece) {
 void AllReduce::store_result(size_t shard, size_t piece, const std::vector<std::byte>& frame) {
   const Range r = piece_range(shard, piece);
   std::span<float> values = buffer_.subspan(r.begin, r.count);
-  std::copy(values.begin(), values.end(), saved_.get() + r.begin);
+  std::copy(values.begin(), values.end(), scratch_.saved.begin() + r.begin);
   decode(options_.codec, std::span<const std::byte>(frame).subspan(kAllReduceHeaderBytes), values);
   result_written_[shard][piece] = true;
   ++results_held_;
@@ -325,8 +326,7 @@ void AllReduce::store_result(size_t shard, size_t piece, const std::vector<std::
 
 void AllReduce::commit() {
   if (done_) return;
-  result_written_.clear();
-  saved_.reset();
+  result_written_.clear();  // scratch_.saved keeps the old values for AllReduceRunner::restore_input
   done_ = true;
   status_ = NetStatus::ok();
   stats_.elapsed_us = transport_.clock().now_us() - start_us_;
@@ -342,13 +342,11 @@ void AllReduce::fail(NetStatus status) {
     for (size_t k = 0; k < result_written_[j].size(); ++k) {
       if (!result_written_[j][k]) continue;
       const Range r = piece_range(j, k);
-      std::copy(saved_.get() + r.begin, saved_.get() + r.begin + r.count, buffer_.begin() + r.begin);
+      std::copy(scratch_.saved.begin() + r.begin, scratch_.saved.begin() + r.begin + r.count, buffer_.begin() + r.begin);
     }
   }
   contributions_.clear();
   result_written_.clear();
-  saved_.reset();
-  acc_.reset();
 }
 
 void AllReduce::check_deadline() {
@@ -371,8 +369,10 @@ void AllReduceRunner::keep_early(Message& message, uint64_t current_op_id) {
 
 NetStatus AllReduceRunner::run(const std::vector<PeerId>& members, std::span<float> buffer,
                                const AllReduceOptions& options, AllReduceStats* stats) {
+  restorable_ = {};
   AllReduce op(transport_, members, buffer, options);
   op.set_rate_hint(rate_hint_);
+  op.adopt_scratch(std::move(scratch_));
   op.start();
   // Replay frames that arrived for this operation while an earlier one ran.
   std::vector<Message> early;
@@ -392,7 +392,16 @@ NetStatus AllReduceRunner::run(const std::vector<PeerId>& members, std::span<flo
   }
   if (stats != nullptr) *stats = op.stats();
   if (op.status().is_ok() && op.rate_hint() > 0) rate_hint_ = op.rate_hint();
+  scratch_ = op.release_scratch();
+  if (op.status().is_ok()) restorable_ = buffer;
   return op.status();
+}
+
+bool AllReduceRunner::restore_input() {
+  if (restorable_.empty()) return false;
+  std::copy(scratch_.saved.begin(), scratch_.saved.begin() + restorable_.size(), restorable_.begin());
+  restorable_ = {};
+  return true;
 }
 
 size_t piece_values_for(Codec codec, size_t wire_bytes) {
