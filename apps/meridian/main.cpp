@@ -27,6 +27,7 @@
 
 #include "bench_allreduce.h"
 #include "config/config.h"
+#include "core/malloc_tuning.h"
 #include "data/tokenize.h"
 #include "data/tokenizer.h"
 #include "io/checkpoint.h"
@@ -295,6 +296,7 @@ void ensure_passive_openmp_wait(char** argv) {
 
 int main(int argc, char** argv) {
   ensure_passive_openmp_wait(argv);
+  meridian::keep_freed_heap_memory();
   CLI::App app{"Meridian: train Llama models across far-apart machines (DiLoCo, int8 all-reduce, elastic membership)"};
   app.require_subcommand(1);
 
