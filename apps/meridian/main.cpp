@@ -27,6 +27,7 @@
 
 #include "bench_allreduce.h"
 #include "config/config.h"
+#include "core/fault.h"
 #include "core/malloc_tuning.h"
 #include "data/tokenize.h"
 #include "data/tokenizer.h"
@@ -164,7 +165,6 @@ int cmd_train(const ConfigArgs& args, const std::string& resume, const JoinArgs&
     eo.codec = *net::parse_codec(config->diloco.codec);
     eo.min_nodes = static_cast<size_t>(config->diloco.min_nodes);
     eo.has_state = !checkpoint.empty();
-    if (const char* fault = std::getenv("MERIDIAN_TEST_FAULT")) eo.fault_for_tests = fault;
     auto connected = train::ElasticRounds::connect(eo);
     if (!connected) return fail(connected.status());
     rounds = std::move(connected.value());
@@ -296,6 +296,8 @@ void ensure_passive_openmp_wait(char** argv) {
 
 int main(int argc, char** argv) {
   ensure_passive_openmp_wait(argv);
+  // Test fault points (core/fault.h): armed here, for every subcommand, and nowhere else.
+  if (meridian::Status st = meridian::fault::arm_from_env(); !st.is_ok()) return fail(st);
   meridian::keep_freed_heap_memory();
   CLI::App app{"Meridian: train Llama models across far-apart machines (DiLoCo, int8 all-reduce, elastic membership)"};
   app.require_subcommand(1);

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "core/assert.h"
+#include "core/fault.h"
 #include "net/membership/socket_io.h"
 
 namespace meridian::net {
@@ -451,7 +452,17 @@ NetStatus Communicator::sync_shared_state(SharedState& state, SyncOpStats* stats
     by_rank.keep_own = to_ranks(by_rank.keep_own);
     std::vector<PeerId> ranks(view_.members.size());
     for (size_t i = 0; i < ranks.size(); ++i) ranks[i] = static_cast<PeerId>(i);
-    if (options_.before_sync_transfer_for_tests) options_.before_sync_transfer_for_tests();
+    // Fault points for the tests that kill a member mid-transfer: any member, or one that others
+    // download from (it holds a buffer that a member lacks).
+    MERIDIAN_FAULT_POINT("state_sync.transfer");
+    bool serves = false;
+    for (size_t r = 0; r < view_.members.size() && !serves; ++r) {
+      for (size_t b : by_rank.missing_on(static_cast<PeerId>(r))) {
+        const auto& h = by_rank.buffers[b].holders;
+        serves |= std::binary_search(h.begin(), h.end(), static_cast<PeerId>(rank_));
+      }
+    }
+    if (serves) MERIDIAN_FAULT_POINT("state_sync.serve");
     StateSyncOptions so;
     so.sync_id = op_id;
     so.timeout_ms = std::max<int64_t>(1, (deadline - ms::steady_now_us()) / 1000);

@@ -83,9 +83,6 @@ struct CommunicatorOptions {
   int64_t op_timeout_ms = 60000;            // one all_reduce, final status included
   int64_t reconnect_timeout_ms = 60000;     // the coordinator may be away this long
   uint16_t protocol_version = membership::kProtocolVersion;  // tests only: speak another version
-  // Tests only: called on the caller's thread when a sync has its elected hashes, before the
-  // transfer starts (a test stops a source there to kill it mid-transfer).
-  std::function<void()> before_sync_transfer_for_tests;
 };
 
 // Statistics of one all_reduce.

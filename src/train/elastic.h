@@ -48,10 +48,6 @@ struct ElasticOptions {
   size_t min_nodes = 1;     // the first round waits for this many nodes
   bool has_state = false;   // resumed from a checkpoint: this node's state may seed the run
   std::FILE* out = stdout;  // a line per membership change; nullptr: silent
-  // Tests only (the real-process tests set MERIDIAN_TEST_FAULT): "all_reduce:R" SIGKILLs this
-  // node as it enters round R's all-reduce (the others are in it); "serve_joiner" SIGKILLs it
-  // when a sync that a joiner downloads from has its elected hashes.
-  std::string fault_for_tests;
 };
 
 class ElasticRounds final : public RoundSync {
@@ -83,7 +79,7 @@ class ElasticRounds final : public RoundSync {
   bool needs_inner_;             // fresh: takes the inner state a member offers
   uint64_t inner_synced_epoch_ = 0;
   std::vector<net::PeerId> members_;  // of the last adopted view (empty: before the first barrier)
-  bool serving_joiners_ = false;      // the last view change admitted peers while this one was a member
+  bool took_run_state_ = false;       // the last sync_run_state replaced this node's state
   Status fatal_;                 // the run's state does not fit this node
 };
 

@@ -25,8 +25,9 @@
 //   sync        -> sync ok epoch=E hash=H revision=R downloaded=B served=S buffers=K seconds=T transfer_seconds=X gbps=G
 //                  sync error ms=MS unchanged=0|1 hash=H STATUS
 //   leave       -> done
-// --hang-in-sync 1: at the first sync, print "hang sync" once the election is in and stop
-// there (before serving anything), waiting to be killed.
+// --hang-in-sync 1: at the first sync, once the election is in, stop at the fault point
+// state_sync.transfer (before serving anything; core/fault.h prints "fault point
+// state_sync.transfer reached (hang)"), waiting to be killed.
 #include <csignal>
 #include <unistd.h>
 
@@ -37,6 +38,7 @@
 #include <string>
 #include <vector>
 
+#include "core/fault.h"
 #include "core/hash.h"
 #include "net/communicator.h"
 #include "net/membership/socket_io.h"
@@ -185,12 +187,8 @@ int main(int argc, char** argv) {
   options.token = *token;
   options.connect_timeout_ms = 5000;
   options.topology_timeout_ms = 20000;
-  if (hang_in_sync) {
-    options.before_sync_transfer_for_tests = [] {
-      say("hang sync\n");
-      for (;;) ::pause();  // the test kills us here, while the others transfer
-    };
-  }
+  // The test kills us at the fault point, while the others transfer.
+  if (hang_in_sync && !fault::arm("state_sync.transfer:hang").is_ok()) return fail("cannot arm the fault point");
 
   Result<std::unique_ptr<Communicator>> comm = Communicator::connect(options);
   if (!comm) return fail(comm.status().message() + (comm.status().hint().empty() ? "" : " (hint: " + comm.status().hint() + ")"));

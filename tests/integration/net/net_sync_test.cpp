@@ -172,7 +172,7 @@ TEST_F(NetSyncTest, SourceKilledDuringTransferFailsCleanlyAndRetrySucceeds) {
   for (Process* p : {a.get(), b.get(), j.get()}) p->send_line("sync");
   // The victim has the election and stops before serving: the joiner is mid-transfer (it pulls
   // b's share, a's never comes). Kill the victim there.
-  ASSERT_TRUE(a->wait_for("hang sync", kWaitMs)) << a->stderr_text();
+  ASSERT_TRUE(a->wait_for("fault point state_sync.transfer reached (hang)", kWaitMs)) << a->stderr_text();
   const int64_t killed_us = steady_now_us();
   a->signal(SIGKILL);
   const std::optional<std::string> failed = j->wait_for("sync ", kWaitMs);
