@@ -128,9 +128,17 @@ std::string run_log_line(double unix_time_s, const std::string& msg, const LogEv
     append_key(out, "address");
     append_json_string(out, event.address);
   }
-  number("epoch", event.epoch);
+  // Epochs and op ids use all 64 bits (a restarted coordinator's epochs start high; an op id is
+  // round << 32 | sequence): as JSON numbers they would lose precision past 2^53 in most JSON
+  // readers, so they are written as decimal strings.
+  auto text_number = [&](const char* key, const std::optional<uint64_t>& value) {
+    if (!value) return;
+    append_key(out, key);
+    append_json_string(out, std::to_string(*value));
+  };
+  text_number("epoch", event.epoch);
   number("round", event.round);
-  number("op_id", event.op_id);
+  text_number("op_id", event.op_id);
   number("size", event.size);
   if (event.members) {
     append_key(out, "members");

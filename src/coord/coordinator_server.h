@@ -41,7 +41,8 @@ struct CoordinatorServerOptions {
 };
 
 // One run-log line, without the newline: {"t":1700000000.123,"event":"round","msg":"...",
-// "epoch":5,...}. Pure; strings are escaped as JSON, invalid UTF-8 replaced by U+FFFD.
+// "epoch":"5",...}. "epoch" and "op_id" are decimal strings (64-bit values exceed the 2^53 that
+// JSON readers hold exactly); the other integers are numbers. Pure; strings are escaped as JSON, invalid UTF-8 replaced by U+FFFD.
 std::string run_log_line(double unix_time_s, const std::string& msg, const LogEvent& event);
 
 class CoordinatorServer {

@@ -363,6 +363,7 @@ void CoordinatorState::try_complete_barrier(Out& out) {
     for (auto& [id, p] : peers_) {
       if (p.phase == PeerPhase::kJoining && p.at_barrier) {
         p.phase = PeerPhase::kMember;
+        p.unsynced = true;
         next.push_back(wire::ViewMember{id, p.address});
         who += " " + std::to_string(id);
         admitted.push_back(id);
@@ -467,6 +468,9 @@ void CoordinatorState::try_elect(const OpKey& key, OpRecord& op, Out& out) {
     auto r = op.reports.find(v.peer_id);
     if (r == op.reports.end()) return;
     reports.push_back(r->second);
+    // A member this coordinator admitted as a joiner votes once a sync has given it the run's
+    // state, whatever the peer says: a peer back after an eviction still believes it is a member.
+    if (const auto p = peers_.find(v.peer_id); p != peers_.end() && p->second.unsynced) reports.back().votes = false;
   }
   const bool anyone_votes = std::any_of(reports.begin(), reports.end(), [](const net::PeerReport& r) { return r.votes; });
   if (!anyone_votes) {  // nobody has synced since admission: every non-empty state votes
@@ -481,6 +485,20 @@ void CoordinatorState::try_elect(const OpKey& key, OpRecord& op, Out& out) {
     finish_op(key, op, false, "the elected hashes take " + std::to_string(bytes) + " bytes > " +
                                   std::to_string(wire::kMaxControlMessageBytes) + " (too many buffers or holder sets)", out);
     return;
+  }
+  if (!op.elected.forked.empty()) {
+    // Two histories with the same progress: resolved by the election's rule, said loudly.
+    std::string ids;
+    for (PeerId p : op.elected.forked) ids += (ids.empty() ? "" : ",") + std::to_string(p);
+    LogEvent f;
+    f.kind = "fork";
+    f.epoch = op.epoch;
+    f.op_id = key.second;
+    f.reason = "peers " + ids + " hold another state at revision " + std::to_string(op.elected.revision) +
+               "; they take the elected one";
+    out.push_back(Action::log("FORK in sync op " + std::to_string(key.second) + " of epoch " + std::to_string(op.epoch) +
+                                  ": " + f.reason,
+                              std::move(f)));
   }
   uint64_t missing = 0;
   for (const wire::ViewMember& v : view_.members) missing += op.elected.bytes_missing_on(v.peer_id);
@@ -529,6 +547,11 @@ void CoordinatorState::finish_op(const OpKey& key, OpRecord& op, bool ok, const 
   op.final_detail = detail;
   op.reports.clear();
   if (op.is_sync) op.elected = {};
+  if (op.is_sync && ok && op.epoch == view_.epoch) {
+    for (const wire::ViewMember& m : view_.members) {
+      if (auto p = peers_.find(m.peer_id); p != peers_.end()) p->second.unsynced = false;
+    }
+  }
   if (!ok) {
     LogEvent e;
     e.kind = "aborted";

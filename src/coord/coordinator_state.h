@@ -170,6 +170,9 @@ class CoordinatorState {
     bool at_barrier = false;
     uint32_t min_members = 0;
     bool admit_joiners = true;   // as asked at this barrier (members only)
+    // Admitted by this coordinator as a joiner (fresh, or back after an eviction) and no
+    // shared-state sync has ended ok since: its report does not vote (its state may be behind).
+    bool unsynced = false;
   };
   struct OpRecord {
     uint64_t epoch = 0;

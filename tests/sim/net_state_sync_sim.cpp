@@ -1,6 +1,7 @@
 // Seeded simulation of the shared-state sync: each seed draws a view, a source state, which
-// peers are up to date, stale (some buffers changed, missing or extra, an old revision) or
-// fresh, which of them keep their own state (pulls = false), network timings, chunking, and at
+// peers are up to date, behind (some buffers changed, missing or extra, an older revision: a
+// peer back from a freeze or a partition, which may still vote, and may out-number the
+// up-to-date ones) or fresh, which of them keep their own state (pulls = false), network timings, chunking, and at
 // most one fault (a crash or a freeze at a random moment). Every member runs in one thread on
 // simulated time. Invariants:
 //   - every live, unfrozen member finishes (ok or error) no later than its deadline;
@@ -11,6 +12,8 @@
 //   - a member that fails holds its state from before the call (commit is the last step), or
 //     the synced state: never a mixture;
 //   - a member that keeps its own state ends with exactly that state and downloads nothing;
+//   - progress first: the elected state is the newest one, the source's, however many voters
+//     are behind it; no member that syncs ends at a lower revision than it started with;
 //   - replaying the seed gives the same statuses and bytes.
 // A failure prints the seed; MERIDIAN_SIM_SEED=<seed> replays one, MERIDIAN_SIM_SEEDS sets how
 // many run (default 1000).
@@ -53,11 +56,11 @@ Outcome run_seed(uint64_t seed) {
   std::vector<SharedState> states(world);
   const size_t anchor = rng.below(world);
   for (size_t r = 0; r < world; ++r) {
-    const uint64_t role = r == anchor ? 0 : rng.below(3);  // 0 up to date, 1 stale, 2 fresh
+    const uint64_t role = r == anchor ? 0 : rng.below(3);  // 0 up to date, 1 behind, 2 fresh
     if (role == 2) continue;
     states[r] = source;
     if (role == 1) {
-      states[r].set_revision(rng.below(100));
+      states[r].set_revision(rng.below(source.revision()));
       for (const auto& b : source.buffers()) {
         const uint64_t change = rng.below(4);
         if (change == 1 && !b.bytes.empty()) states[r].data(b.name)[rng.below(b.bytes.size())] ^= std::byte{0x80};
@@ -114,7 +117,11 @@ Outcome run_seed(uint64_t seed) {
                " fault=" + std::to_string(fault_kind));
 
   std::vector<Hash128> before(world);
-  for (size_t r = 0; r < world; ++r) before[r] = states[r].state_hash();
+  std::vector<uint64_t> revision_before(world);
+  for (size_t r = 0; r < world; ++r) {
+    before[r] = states[r].state_hash();
+    revision_before[r] = states[r].revision();
+  }
   // What a synced member must hold: the elected buffers, bytes taken from a holder, and the
   // elected revision.
   SharedState target;
@@ -124,6 +131,10 @@ Outcome run_seed(uint64_t seed) {
     target.put(e.name, e.dtype, b->bytes);
   }
   const Hash128 target_hash = target.state_hash();
+  if (!source.buffers().empty()) {  // (an empty state votes for nothing)
+    EXPECT_EQ(elected.revision, source.revision()) << "a state behind the newest was elected";
+    EXPECT_EQ(target_hash, source.state_hash()) << "the elected state is not the newest one";
+  }
 
   SimNetwork net(config);
   const SimStateSyncResult res = run_state_sync_sim(net, view, ptrs, elected, options, faults);
@@ -147,6 +158,9 @@ Outcome run_seed(uint64_t seed) {
       EXPECT_EQ(res.stats[r].bytes_downloaded, 0u) << "peer " << r << " keeps its own state, yet it downloaded";
     } else if (res.status[r].is_ok()) {
       EXPECT_EQ(h, target_hash) << "peer " << r << " synced to something else";
+      if (!source.buffers().empty()) {
+        EXPECT_GE(states[r].revision(), revision_before[r]) << "peer " << r << " went back in progress";
+      }
       for (const ElectedBuffer& e : elected.buffers) {
         const SharedState::Buffer* b = states[r].find(e.name);
         EXPECT_NE(b, nullptr) << "peer " << r << " lacks " << e.name;

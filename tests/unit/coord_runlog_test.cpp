@@ -81,7 +81,7 @@ TEST(CoordRunLog, LineIsOneJsonObjectWithTheSetFieldsOnly) {
   EXPECT_DOUBLE_EQ(j.at("t").get<double>(), 1700000000.123);  // milliseconds
   EXPECT_EQ(j.at("event"), "admitted");
   EXPECT_EQ(j.at("msg"), "view epoch 7: 2 members (admitted 3)");
-  EXPECT_EQ(j.at("epoch"), 7);
+  EXPECT_EQ(j.at("epoch"), "7");  // a string: epochs use all 64 bits
   EXPECT_EQ(j.at("size"), 2);
   EXPECT_EQ(j.at("members"), json::array({0, 3}));
   EXPECT_EQ(j.at("admitted"), json::array({3}));
@@ -91,6 +91,19 @@ TEST(CoordRunLog, LineIsOneJsonObjectWithTheSetFieldsOnly) {
   const json note = json::parse(run_log_line(0.0, "hello", LogEvent{}));
   EXPECT_EQ(note.at("event"), "note");
   EXPECT_EQ(note.size(), 3u);
+}
+
+// Epochs of a restarted coordinator and op ids (round << 32 | sequence) pass 2^53: written as
+// strings they survive a JSON reader that holds numbers as doubles.
+TEST(CoordRunLog, EpochsAndOpIdsKeepAll64Bits) {
+  LogEvent e;
+  e.kind = "sync";
+  e.epoch = (uint64_t{1} << 62) + 1;
+  e.op_id = (uint64_t{3000000} << 32) | 3;
+  const json j = json::parse(run_log_line(1.0, "m", e));
+  EXPECT_EQ(std::stoull(j.at("epoch").get<std::string>()), *e.epoch);
+  EXPECT_EQ(std::stoull(j.at("op_id").get<std::string>()), *e.op_id);
+  EXPECT_NE(static_cast<uint64_t>(static_cast<double>(*e.epoch)), *e.epoch);  // what a number would lose
 }
 
 TEST(CoordRunLog, StringsAreEscapedAndInvalidUtf8IsReplaced) {
@@ -123,12 +136,12 @@ TEST(CoordRunLog, StateMachineLogsJoinsRoundsLeavesAndEvictions) {
   h.feed(2, w::C2M_UpdateTopology{0, 2});
   ASSERT_EQ(h.events("admitted").size(), 1u);
   const json admitted = h.events("admitted")[0];
-  const uint64_t e1 = admitted.at("epoch");
+  const uint64_t e1 = std::stoull(admitted.at("epoch").get<std::string>());
   EXPECT_EQ(admitted.at("size"), 2);
   EXPECT_EQ(admitted.at("members").size(), 2u);
   EXPECT_EQ(admitted.at("admitted").size(), 2u);
   ASSERT_EQ(h.events("round").size(), 1u);
-  EXPECT_EQ(h.events("round")[0].at("epoch"), e1);
+  EXPECT_EQ(h.events("round")[0].at("epoch").get<std::string>(), std::to_string(e1));
   EXPECT_EQ(h.events("round")[0].at("round"), 1);
   EXPECT_EQ(h.events("round")[0].at("size"), 2);
 
@@ -138,7 +151,7 @@ TEST(CoordRunLog, StateMachineLogsJoinsRoundsLeavesAndEvictions) {
     h.feed(2, w::C2M_UpdateTopology{e1, 0});
     ASSERT_EQ(h.events("round").size(), static_cast<size_t>(r));
     EXPECT_EQ(h.events("round").back().at("round"), r);
-    EXPECT_EQ(h.events("round").back().at("epoch"), e1);
+    EXPECT_EQ(h.events("round").back().at("epoch").get<std::string>(), std::to_string(e1));
   }
   EXPECT_EQ(h.events("admitted").size(), 1u);
 
@@ -149,10 +162,10 @@ TEST(CoordRunLog, StateMachineLogsJoinsRoundsLeavesAndEvictions) {
   h.feed(1, w::C2M_UpdateTopology{e1, 0});
   h.feed(2, w::C2M_UpdateTopology{e1, 0});
   ASSERT_EQ(h.events("admitted").size(), 2u);
-  EXPECT_EQ(h.events("admitted")[1].at("epoch"), e1 + 1);
+  EXPECT_EQ(h.events("admitted")[1].at("epoch").get<std::string>(), std::to_string(e1 + 1));
   EXPECT_EQ(h.events("admitted")[1].at("size"), 3);
   EXPECT_EQ(h.events("admitted")[1].at("admitted").size(), 1u);
-  EXPECT_EQ(h.events("round").back().at("epoch"), e1 + 1);
+  EXPECT_EQ(h.events("round").back().at("epoch").get<std::string>(), std::to_string(e1 + 1));
   EXPECT_EQ(h.events("round").back().at("round"), 1);
 
   // Peer 3 leaves; peer 1 goes silent past the heartbeat timeout; peer 2 loses its connection.

@@ -88,7 +88,7 @@ TEST(StateSyncElection, MajorityWinsAndHoldersAreListed) {
   std::vector<PeerReport> reports = {
       {.peer = 0, .revision = 3, .buffers = {digest("w", 1)}},
       {.peer = 1, .revision = 3, .buffers = {digest("w", 2)}},
-      {.peer = 2, .revision = 2, .buffers = {digest("w", 2)}},
+      {.peer = 2, .revision = 3, .buffers = {digest("w", 2)}},
   };
   const ElectedHashes e = elect(reports);
   ASSERT_EQ(e.buffers.size(), 1u);
@@ -98,14 +98,15 @@ TEST(StateSyncElection, MajorityWinsAndHoldersAreListed) {
   EXPECT_EQ(e.missing_on(0), (std::vector<size_t>{0}));
   EXPECT_TRUE(e.missing_on(1).empty());
   EXPECT_EQ(e.bytes_missing_on(0), 8u);
+  EXPECT_EQ(e.forked, (std::vector<PeerId>{0}));  // same progress, another state: a fork
 }
 
 TEST(StateSyncElection, TieGoesToTheVersionHeldByTheLowestPeerId) {
-  // Two versions, two holders each; peer 1 is the lowest id holding version 9.
+  // Two versions at the same revision, two holders each; peer 1 is the lowest id holding 9.
   std::vector<PeerReport> reports = {
-      {.peer = 4, .revision = 5, .buffers = {digest("w", 8)}},
+      {.peer = 4, .revision = 6, .buffers = {digest("w", 8)}},
       {.peer = 1, .revision = 6, .buffers = {digest("w", 9)}},
-      {.peer = 2, .revision = 5, .buffers = {digest("w", 8)}},
+      {.peer = 2, .revision = 6, .buffers = {digest("w", 8)}},
       {.peer = 3, .revision = 6, .buffers = {digest("w", 9)}},
   };
   const ElectedHashes e = elect(reports);
@@ -113,9 +114,47 @@ TEST(StateSyncElection, TieGoesToTheVersionHeldByTheLowestPeerId) {
   EXPECT_EQ(e.buffers[0].hash, (Hash128{9, 9}));
   EXPECT_EQ(e.buffers[0].holders, (std::vector<PeerId>{1, 3}));
   EXPECT_EQ(e.revision, 6u);
+  EXPECT_EQ(e.forked, (std::vector<PeerId>{2, 4}));
   // The result does not depend on the order of the reports.
   std::reverse(reports.begin(), reports.end());
   EXPECT_EQ(elect(reports).buffers[0].hash, (Hash128{9, 9}));
+}
+
+// The scenario that once threw away 144 rounds: a node trained on alone while another was
+// frozen; the frozen one came back with the old state and won the 1:1 vote by its lower id.
+// Progress comes first: the newer state wins whatever the ids and the votes.
+TEST(StateSyncElection, TheNewestRevisionWinsWhateverTheVotes) {
+  std::vector<PeerReport> reports = {
+      {.peer = 0, .revision = 1723, .buffers = {digest("shape", 7), digest("theta", 1)}},  // back from SIGSTOP
+      {.peer = 5, .revision = 1867, .buffers = {digest("shape", 7), digest("theta", 2)}},
+  };
+  ElectedHashes e = elect(reports);
+  EXPECT_EQ(e.revision, 1867u);
+  ASSERT_EQ(e.buffers.size(), 2u);
+  EXPECT_EQ(e.buffers[1].name, "theta");
+  EXPECT_EQ(e.buffers[1].hash, (Hash128{2, 2}));
+  EXPECT_EQ(e.buffers[1].holders, (std::vector<PeerId>{5}));
+  EXPECT_EQ(e.buffers[0].holders, (std::vector<PeerId>{0, 5}));  // an equal buffer needs no download
+  EXPECT_EQ(e.missing_on(0), (std::vector<size_t>{1}));
+  EXPECT_TRUE(e.forked.empty());  // behind is not a fork
+  // Three old voters against one newer: still the newer.
+  for (PeerId p : {1u, 2u, 3u}) reports.push_back({.peer = p, .revision = 1723, .buffers = {digest("shape", 7), digest("theta", 1)}});
+  e = elect(reports);
+  EXPECT_EQ(e.revision, 1867u);
+  EXPECT_EQ(e.buffers[1].hash, (Hash128{2, 2}));
+  // A non-voter's newer revision does not count (a fresh joiner, or one back after an eviction).
+  reports.push_back({.peer = 9, .revision = 5000, .votes = false, .buffers = {digest("shape", 7), digest("theta", 3)}});
+  EXPECT_EQ(elect(reports).revision, 1867u);
+  // Voters behind the newest do not vote on its buffers, not even as "absent".
+  std::vector<PeerReport> absent = {
+      {.peer = 0, .revision = 4, .buffers = {digest("a", 1)}},
+      {.peer = 1, .revision = 4, .buffers = {digest("a", 1)}},
+      {.peer = 2, .revision = 5, .buffers = {digest("a", 2), digest("b", 3)}},
+  };
+  e = elect(absent);
+  ASSERT_EQ(e.buffers.size(), 2u);
+  EXPECT_EQ(e.buffers[0].hash, (Hash128{2, 2}));
+  EXPECT_EQ(e.buffers[1].name, "b");
 }
 
 TEST(StateSyncElection, SizeAndDtypeArePartOfTheVersion) {
@@ -235,7 +274,7 @@ TEST(StateSync, PeersThatKeepTheirOwnServeButDownloadNothing) {
   std::vector<SharedState> states = {reference_state(), reference_state(), reference_state(), SharedState()};
   for (size_t r = 0; r < 3; ++r) {
     states[r].data("outer.momentum")[r] ^= std::byte{1};
-    states[r].set_revision(10 + r);
+    states[r].set_revision(10);  // the same progress: else the newest would win (progress first)
     states[r].set_pulls(false);
   }
   states[1].put("only.on.1", BufferDtype::kU8, random_bytes(10, 5));

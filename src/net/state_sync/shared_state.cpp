@@ -79,26 +79,21 @@ ElectedHashes elect(const std::vector<PeerReport>& reports_in) {
   for (const PeerReport* r : reports) {
     if (!r->pulls) elected.keep_own.push_back(r->peer);
   }
-  // Revision.
-  {
-    std::map<uint64_t, std::vector<PeerId>> by_revision;
-    for (const PeerReport* r : reports) {
-      if (r->votes) by_revision[r->revision].push_back(r->peer);
-    }
-    const std::vector<PeerId>* best = nullptr;
-    for (const auto& [revision, holders] : by_revision) {
-      if (best == nullptr || beats(holders, *best)) {
-        best = &holders;
-        elected.revision = revision;
-      }
-    }
+  // Progress first: the newest revision among the voters is elected, and only the voters at
+  // that revision vote on the buffers (a voter behind them holds an older state, not a rival).
+  bool any_voter = false;
+  for (const PeerReport* r : reports) {
+    if (!r->votes) continue;
+    elected.revision = any_voter ? std::max(elected.revision, r->revision) : r->revision;
+    any_voter = true;
   }
+  auto votes_on_buffers = [&](const PeerReport* r) { return r->votes && r->revision == elected.revision; };
 
   // Buffers: every name any voter reports, in name order.
   using VersionKey = std::tuple<uint8_t, uint64_t, uint64_t, uint64_t>;  // dtype, bytes, hash.hi, hash.lo
   std::map<std::string, std::map<VersionKey, std::vector<PeerId>>> versions;
   for (const PeerReport* r : reports) {
-    if (!r->votes) continue;
+    if (!votes_on_buffers(r)) continue;
     for (const BufferDigest& d : r->buffers) {
       versions[d.name][VersionKey{static_cast<uint8_t>(d.dtype), d.bytes, d.hash.hi, d.hash.lo}].push_back(r->peer);
     }
@@ -106,7 +101,7 @@ ElectedHashes elect(const std::vector<PeerReport>& reports_in) {
   for (const auto& [name, by_version] : versions) {
     std::vector<PeerId> absent;
     for (const PeerReport* r : reports) {
-      if (!r->votes) continue;
+      if (!votes_on_buffers(r)) continue;
       const bool has = std::ranges::binary_search(r->buffers, name, {}, &BufferDigest::name);
       if (!has) absent.push_back(r->peer);
     }
@@ -132,6 +127,17 @@ ElectedHashes elect(const std::vector<PeerReport>& reports_in) {
       }
     }
     elected.buffers.push_back(std::move(e));
+  }
+  // A fork: voters of the elected revision whose state is not the elected one.
+  for (const PeerReport* r : reports) {
+    if (!votes_on_buffers(r)) continue;
+    bool same = r->buffers.size() == elected.buffers.size();
+    for (size_t b = 0; same && b < elected.buffers.size(); ++b) {
+      const ElectedBuffer& e = elected.buffers[b];
+      const BufferDigest& d = r->buffers[b];
+      same = d.name == e.name && d.dtype == e.dtype && d.bytes == e.bytes && d.hash == e.hash;
+    }
+    if (!same && r->pulls) elected.forked.push_back(r->peer);
   }
   return elected;
 }

@@ -3,15 +3,21 @@
 // XXH3-128 digests a peer reports, and the pure election that picks, per buffer, the version
 // the majority holds.
 //
-// Election (elect()): the voters are the reports with `votes` set (a fresh joiner, which holds
-// nothing yet, does not vote: otherwise in a view of two an empty joiner could tie with, and
-// win against, the only peer that has the state). For every buffer name any voter reports, the
-// candidates are the distinct (dtype, bytes, hash) versions plus "absent" (voters without the
-// name). The winner is the candidate with the most voters; a tie goes to the candidate whose
+// Election (elect()): progress first, then the majority. The voters are the reports with
+// `votes` set (a fresh joiner, which holds nothing yet, does not vote: otherwise in a view of two
+// an empty joiner could tie with, and win against, the only peer that has the state; nor does a
+// peer back after an eviction until it has synced, see coord/coordinator_state.h). The revision
+// is the state's progress (DiLoCo: the outer round): the newest revision any voter reports is
+// elected, so a state that is behind another voter's never wins, whatever the votes. Only the
+// voters at that revision vote on the buffers: for every buffer name one of them reports, the
+// candidates are the distinct (dtype, bytes, hash) versions plus "absent" (those voters without
+// the name). The winner is the candidate with the most voters; a tie goes to the candidate whose
 // lowest holding peer id is the lowest (ids are unique, so this always decides). A buffer whose
 // winner is "absent" is not part of the elected state (peers holding it drop it at the next
-// sync). The revision is elected the same way among the voters. Every peer (and the
-// coordinator) that runs elect() on the same reports gets the same ElectedHashes.
+// sync). Voters of the elected revision whose state differs from the elected one are a fork
+// (ElectedHashes::forked): two histories with the same progress; the rule above resolves it
+// deterministically and the callers report it loudly. Every peer (and the coordinator) that
+// runs elect() on the same reports gets the same ElectedHashes.
 //
 // Keeping one's own (PeerReport::pulls = false, SharedState::set_pulls): a peer that only
 // offers its state - it votes and serves as usual but downloads nothing and keeps its buffers
@@ -71,6 +77,9 @@ struct ElectedHashes {
   uint64_t revision = 0;
   std::vector<ElectedBuffer> buffers;  // sorted by name
   std::vector<PeerId> keep_own;        // peers that download nothing (pulls = false), ascending
+  // Voters of the elected revision that hold another state (a fork), ascending. Not on the
+  // wire: the coordinator reports it; a member sees it as downloading at its own revision.
+  std::vector<PeerId> forked;
   bool keeps_own(PeerId peer) const;
   // The buffers `peer` lacks or holds in another version (indices into buffers); none for a
   // peer that keeps its own.
