@@ -36,6 +36,10 @@ struct RoundStats {
   uint64_t all_reduce_bytes_sent = 0;
   int retries = 0;                    // all-reduces that failed and ran again with the survivors
   bool joined = false;                // this node received the run's state (a joiner, or a stale node)
+  // all_reduce_mean found this node behind the run (back after an eviction): it took the run's
+  // state, its pseudo-gradient is void, and the round the others begin now starts for it too
+  // (no outer step, no "outer" line: the round number it held belongs to the run's history).
+  bool restarted = false;
 };
 
 // How the nodes of a round meet: agree on the members at round start (and bring a joiner up

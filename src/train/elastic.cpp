@@ -2,8 +2,6 @@
 
 #include <fmt/format.h>
 
-#include <signal.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -12,6 +10,7 @@
 
 #include "config/config.h"
 #include "core/assert.h"
+#include "core/fault.h"
 #include "train/trainer.h"
 
 namespace meridian::train {
@@ -79,12 +78,6 @@ std::string join_ids(const std::vector<net::PeerId>& ids) {
 
 Result<std::unique_ptr<ElasticRounds>> ElasticRounds::connect(ElasticOptions options) {
   std::unique_ptr<ElasticRounds> r(new ElasticRounds(std::move(options)));
-  if (r->options_.fault_for_tests == "serve_joiner") {
-    ElasticRounds* self = r.get();
-    r->options_.comm.before_sync_transfer_for_tests = [self] {
-      if (self->serving_joiners_) ::raise(SIGKILL);
-    };
-  }
   auto comm = net::Communicator::connect(r->options_.comm);
   if (!comm) return comm.status();
   r->comm_ = std::move(comm.value());
@@ -112,7 +105,7 @@ Status ElasticRounds::begin_round(Trainer& trainer, RoundStats* stats) {
 
 Status ElasticRounds::all_reduce_mean(float* data, size_t count, RoundStats* stats) {
   MERIDIAN_ASSERT(trainer_ != nullptr, "all_reduce_mean before begin_round");
-  if (options_.fault_for_tests == fmt::format("all_reduce:{}", trainer_->outer()->rounds() + 1)) ::raise(SIGKILL);
+  MERIDIAN_FAULT_POINT("diloco.all_reduce");  // the N-th round's all-reduce (MERIDIAN_FAULT=diloco.all_reduce@N)
   for (;;) {
     stats->nodes = world_size();
     net::OpStats op;
@@ -125,7 +118,17 @@ Status ElasticRounds::all_reduce_mean(float* data, size_t count, RoundStats* sta
       std::fprintf(options_.out, "# all-reduce failed (%s); meeting the survivors and retrying\n", st.to_string().c_str());
       std::fflush(options_.out);
     }
+    took_run_state_ = false;
     MERIDIAN_RETURN_IF_ERROR(meet(*trainer_, /*admit_joiners=*/false, stats));
+    if (took_run_state_) {
+      // Behind the run (evicted while frozen, then admitted again as a joiner): the others are
+      // at a round start, so this node begins that round with them, as begin_round would.
+      trainer_->set_data_shard(static_cast<int>(comm_->rank()), world_size());
+      trainer_->outer()->copy_theta_to_params();
+      stats->nodes = world_size();
+      stats->restarted = true;
+      return Status::ok();
+    }
   }
 }
 
@@ -170,7 +173,6 @@ void ElasticRounds::log_view_change() {
     if (std::find(members_.begin(), members_.end(), id) == members_.end()) joined.push_back(id);
   for (auto id : members_)
     if (std::find(now.begin(), now.end(), id) == now.end()) left.push_back(id);
-  serving_joiners_ = !members_.empty() && !joined.empty();
   members_ = now;
   if (!options_.out) return;
   std::fprintf(options_.out, "# view epoch %llu: %zu nodes [%s], this node rank %zu%s%s\n",
@@ -220,6 +222,7 @@ net::NetStatus ElasticRounds::sync_run_state(Trainer& trainer, RoundStats* stats
     if (cursor == nullptr) return fail(Status::error("the run's state has no data cursor"));
     if (Status cs = trainer.set_data_cursor(text_of(*cursor)); !cs.is_ok()) return fail(cs);
     stats->joined = true;
+    took_run_state_ = true;
     if (options_.out) {
       std::fprintf(options_.out, "# received the run state: step %lld, round %lld, %.2f MB in %.3f s (%.2f Gbit/s)\n",
                    static_cast<long long>(c[0]), static_cast<long long>(c[2]), ss.bytes_downloaded / 1e6, ss.transfer_seconds,

@@ -290,11 +290,12 @@ Result<TrainSummary> Trainer::run() {
 
   bool first = true;
   while (true) {
-    if (outer_ && step_ < last && (first || step_ % config_.diloco.inner_steps == 0)) {
+    if (outer_ && step_ < last && !round_open_ && (first || step_ % config_.diloco.inner_steps == 0)) {
       MERIDIAN_RETURN_IF_ERROR(begin_round());  // a joiner's step jumps to the run's here
       if (first) summary.first_step = step_ + 1;
     }
     first = false;
+    round_open_ = false;
     if (step_ >= last) break;
     if (options_.stop && options_.stop->load()) {
       summary.interrupted = true;
@@ -358,6 +359,21 @@ Status Trainer::outer_step() {
   torch::Tensor host = delta.device().is_cpu() ? delta : delta.to(torch::kCPU);
   RoundStats& rs = round_.stats;
   MERIDIAN_RETURN_IF_ERROR(options_.round_sync->all_reduce_mean(host.data_ptr<float>(), static_cast<size_t>(host.numel()), &rs));
+  if (rs.restarted) {
+    if (options_.out) {
+      std::fprintf(options_.out, "# this node was behind the run: its round is discarded; it trains the run's round %lld from step %lld\n",
+                   static_cast<long long>(outer_->rounds() + 1), static_cast<long long>(step_));
+      std::fflush(options_.out);
+    }
+    const RoundStats carried = rs;
+    round_ = Round{};
+    round_.start = Clock::now();
+    round_.stats.joined = true;
+    round_.stats.nodes = carried.nodes;
+    round_.stats.state_bytes_downloaded = carried.state_bytes_downloaded;
+    round_open_ = true;
+    return Status::ok();
+  }
   if (!delta.device().is_cpu()) delta.copy_(host);
   outer_->step(delta);
   const double outer_s = seconds_since(t0);

@@ -127,6 +127,7 @@ class Trainer {
   std::unique_ptr<OuterOptimizer> outer_;  // set when diloco.enabled
   LocalReducer local_reducer_;
   Round round_;
+  bool round_open_ = false;  // a round began inside the all-reduce (RoundStats::restarted)
   std::vector<torch::Tensor> params_;
   std::optional<data::TokenLoader> train_data_;   // data.train_path
   std::optional<data::MixtureLoader> mixture_;    // data.mixture (instead of train_data_)

@@ -187,7 +187,7 @@ def case_kill_all_reduce():
     coord = coordinator()
     args = dict(steps=100, H=10, min_nodes=3)
     a, b = nodes(coord, "ab", **args)
-    c = node("c", coord, env_extra={"MERIDIAN_TEST_FAULT": "all_reduce:3"}, **args)
+    c = node("c", coord, env_extra={"MERIDIAN_FAULT": "diloco.all_reduce@3"}, **args)
     check("c died in round 3's all-reduce", wait_exit(c) == -signal.SIGKILL)
     finished(a, "a")
     finished(b, "b")
@@ -246,7 +246,7 @@ def case_kill_transfer():
     coord = coordinator()
     args = dict(steps=300, H=10, min_nodes=3)
     a, b = nodes(coord, "ab", **args)
-    c = node("c", coord, env_extra={"MERIDIAN_TEST_FAULT": "serve_joiner"}, **args)
+    c = node("c", coord, env_extra={"MERIDIAN_FAULT": "state_sync.serve"}, **args)
     wait_for("round 2 on a", round_reached("a", 2))
     d = node("d", coord, **args)
     check("c died serving the joiner", wait_exit(c) == -signal.SIGKILL)
@@ -314,10 +314,54 @@ def case_coordinator_restart():
           "registered" in events and "round" in events and "restarted" in events, sorted(set(events)))
 
 
+def outer_lines(name):
+    """The node's outer lines in file order (repeats kept)."""
+    return [j for j in json_lines(os.path.join(WORK, name, "metrics.jsonl")) if j.get("type") == "outer"]
+
+
+def progress_never_decreases(name):
+    """Every outer line of the node is the round after the previous one (nothing repeated, no
+    going back), across restarts into the run's newer rounds."""
+    rounds = [j["round"] for j in outer_lines(name)]
+    back = [(a, b) for a, b in zip(rounds, rounds[1:]) if b <= a]
+    return check("rounds of %s only go forward (%d lines, %s..%s)" % (name, len(rounds), rounds[:1], rounds[-1:]),
+                 rounds and not back, back[:5])
+
+
+def case_stale_return():
+    """A node frozen (SIGSTOP) past its eviction while another trains on alone, then continued
+    (SIGCONT), comes back holding an older run state. It must take the newer state: no round is
+    trained twice, the run's progress never goes back, one hash per round across both logs."""
+    coord = coordinator()
+    args = dict(steps=400, H=10, min_nodes=2)
+    a, b = nodes(coord, "ab", **args)
+    wait_for("round 2 on both", lambda: round_reached("a", 2)() and round_reached("b", 2)())
+    b.send_signal(signal.SIGSTOP)
+    frozen_at = max(outer("b"), default=0)
+    # Past the 6 s heartbeat timeout, and a few rounds of a alone.
+    wait_for("a trains alone", lambda: any(j["nodes"] == 1 and j["round"] >= frozen_at + 4 for j in outer("a").values()), 120)
+    b.send_signal(signal.SIGCONT)
+    resumed_at = max(outer("a"))
+    finished(a, "a")
+    finished(b, "b")
+    log_b = log_of("b")
+    check("b took the run's newer state after it came back", "received the run state" in log_b, log_b[-2000:])
+    check("a never took b's older state", "received the run state" not in log_of("a"), log_of("a")[-2000:])
+    progress_never_decreases("a")
+    progress_never_decreases("b")
+    hashes_agree(["a", "b"])
+    check("a trained every round once (%d..%d)" % (1, max(outer("a"))),
+          sorted(outer("a")) == list(range(1, max(outer("a")) + 1)) and max(outer("a")) == 40)
+    check("both trained together again after the return",
+          any(j["nodes"] == 2 and j["round"] > resumed_at for j in outer("a").values()))
+    events = [e.get("event") for e in json_lines(os.path.join(WORK, "run.jsonl"))]
+    check("the run log has the eviction and no fork", "evicted" in events and "fork" not in events, sorted(set(events)))
+
+
 CASES = {"exact": case_exact, "kill-inner": case_kill_inner, "kill-all-reduce": case_kill_all_reduce,
          "all-but-one": case_all_but_one_die, "join": case_join, "kill-transfer": case_kill_transfer,
          "leave-rejoin": case_leave_rejoin, "coordinator-restart": case_coordinator_restart,
-         "first-barrier-timeout": case_first_barrier_timeout}
+         "first-barrier-timeout": case_first_barrier_timeout, "stale-return": case_stale_return}
 
 try:
     setup()
