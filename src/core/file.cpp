@@ -1,5 +1,7 @@
 #include "core/file.h"
 
+#include "core/fault.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -51,12 +53,15 @@ Status write_file_atomic(const std::string& path, std::string_view data) {
     }
     written += static_cast<size_t>(n);
   }
+  MERIDIAN_FAULT_POINT("file.written");
   if (::fsync(fd) != 0) {
     std::string err = errno_text();
     ::close(fd);
-    return Status::error(tmp + ": fsync failed (" + err + ")");
+    ::unlink(tmp.c_str());
+    return Status::error(tmp + ": fsync failed (" + err + ")", "check free disk space and the file system");
   }
   ::close(fd);
+  MERIDIAN_FAULT_POINT("file.synced");
   if (::rename(tmp.c_str(), path.c_str()) != 0) return Status::error(path + ": rename failed (" + errno_text() + ")");
   return fsync_dir(std::filesystem::path(path).parent_path().string());
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "core/fault.h"
 #include "core/file.h"
 #include "core/hash.h"
 #include "io/safetensors.h"
@@ -143,18 +144,36 @@ Result<std::string> save_checkpoint(const std::string& run_dir, int64_t step, co
   meta["meridian.kind"] = "train_state";
   meta["meridian.step"] = std::to_string(step);
 
+  // Crash safety: everything is written under step_N.tmp; a SIGKILL at any fault point below
+  // leaves the previous checkpoints and `latest` as they were, or the new one complete.
+  MERIDIAN_FAULT_POINT("checkpoint.begin");
   MERIDIAN_RETURN_IF_ERROR(write_tensors((tmp_dir / "model.safetensors").string(), model, model_meta));
+  MERIDIAN_FAULT_POINT("checkpoint.model_written");
   MERIDIAN_RETURN_IF_ERROR(write_tensors((tmp_dir / "state.safetensors").string(), state, meta));
+  MERIDIAN_FAULT_POINT("checkpoint.state_written");
   const int64_t bos = meta.count("meridian.bos_id") ? std::stoll(meta["meridian.bos_id"]) : 0;
   const int64_t eos = meta.count("meridian.eos_id") ? std::stoll(meta["meridian.eos_id"]) : 0;
   MERIDIAN_RETURN_IF_ERROR(write_file_atomic((tmp_dir / "config.json").string(), hf_config_json(model_config, bos, eos)));
   MERIDIAN_RETURN_IF_ERROR(fsync_dir(tmp_dir.string()));
+  MERIDIAN_FAULT_POINT("checkpoint.tmp_synced");
 
-  fs::remove_all(final_dir, ec);
+  // A checkpoint of the same step saved again (a resumed run stopped at once) is moved aside,
+  // not deleted, until the new one is in place: a crash in between leaves step_N.old, which
+  // resolve_checkpoint() finds.
+  const fs::path old_dir = root / (step_dir_name(step) + ".old");
+  fs::remove_all(old_dir, ec);
+  if (fs::exists(final_dir, ec)) {
+    fs::rename(final_dir, old_dir, ec);
+    if (ec) return Status::error(final_dir.string() + ": cannot move aside (" + ec.message() + ")");
+    MERIDIAN_FAULT_POINT("checkpoint.moved_aside");
+  }
   fs::rename(tmp_dir, final_dir, ec);
   if (ec) return Status::error(final_dir.string() + ": rename failed (" + ec.message() + ")");
   MERIDIAN_RETURN_IF_ERROR(fsync_dir(root.string()));
+  MERIDIAN_FAULT_POINT("checkpoint.renamed");
   MERIDIAN_RETURN_IF_ERROR(write_file_atomic((root / "latest").string(), step_dir_name(step) + "\n"));
+  MERIDIAN_FAULT_POINT("checkpoint.latest_written");
+  fs::remove_all(old_dir, ec);
 
   // Prune the oldest complete checkpoints beyond `keep`.
   std::vector<std::string> names;
@@ -167,17 +186,50 @@ Result<std::string> save_checkpoint(const std::string& run_dir, int64_t step, co
   return final_dir.string();
 }
 
+namespace {
+
+bool complete_checkpoint(const fs::path& dir) {
+  std::error_code ec;
+  return fs::exists(dir / "state.safetensors", ec) && fs::exists(dir / "model.safetensors", ec) &&
+         fs::exists(dir / "config.json", ec);
+}
+
+// The newest complete step_N (or step_N.old) directory under checkpoints/, or "" if none.
+fs::path newest_complete(const fs::path& root) {
+  std::error_code ec;
+  std::vector<fs::path> dirs;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && n.rfind("step_", 0) == 0 && n.find(".tmp") == std::string::npos && complete_checkpoint(e.path()))
+      dirs.push_back(e.path());
+  }
+  std::sort(dirs.begin(), dirs.end());
+  return dirs.empty() ? fs::path() : dirs.back();
+}
+
+}  // namespace
+
 Result<std::string> resolve_checkpoint(const std::string& path) {
   std::error_code ec;
   if (fs::exists(fs::path(path) / "state.safetensors", ec)) return path;
-  const fs::path latest = fs::path(path) / "checkpoints" / "latest";
+  const fs::path root = fs::path(path) / "checkpoints";
+  const fs::path latest = root / "latest";
   if (fs::exists(latest, ec)) {
     auto text = read_file(latest.string());
     if (!text) return text.status();
     std::string name = text.value();
     while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
-    return (fs::path(path) / "checkpoints" / name).string();
+    const fs::path named = root / name;
+    if (complete_checkpoint(named)) return named.string();
+    // A save of the same step was cut between moving the old copy aside and renaming the new
+    // one into place: the old copy is complete.
+    const fs::path aside = root / (name + ".old");
+    if (complete_checkpoint(aside)) return aside.string();
+    return named.string();  // load_checkpoint names what is missing
   }
+  // A crash between a run's first checkpoint and its first `latest` (written last): the
+  // newest complete checkpoint is the one to continue from.
+  if (const fs::path newest = newest_complete(root); !newest.empty()) return newest.string();
   if (!fs::exists(path, ec)) return Status::error(path + ": no such checkpoint or run directory", "pass runs/<name> or runs/<name>/checkpoints/step_N");
   return Status::error(path + ": neither a checkpoint (no state.safetensors) nor a run directory (no checkpoints/latest)",
                        "pass runs/<name> or runs/<name>/checkpoints/step_N");

@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/assert.h"
+#include "core/fault.h"
 
 namespace meridian::io {
 
@@ -278,7 +279,9 @@ Status SafetensorsWriter::write(const std::string& path) const {
   MERIDIAN_RETURN_IF_ERROR(file.write_all(length_le, sizeof(length_le)));
   MERIDIAN_RETURN_IF_ERROR(file.write_all(header.data(), header.size()));
   for (const auto& e : entries_) MERIDIAN_RETURN_IF_ERROR(file.write_all(e.data, e.nbytes));
+  MERIDIAN_FAULT_POINT("safetensors.written");
   MERIDIAN_RETURN_IF_ERROR(file.sync_and_close());
+  MERIDIAN_FAULT_POINT("safetensors.synced");
   if (::rename(tmp.c_str(), path.c_str()) != 0)
     return Status::error(path + ": rename from " + tmp + " failed (" + errno_text() + ")");
   file.committed();

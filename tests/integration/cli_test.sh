@@ -35,6 +35,7 @@ tiny() {  # the tiny preset on the corpus, in run directory $1
   "$bin" train --preset tiny --set data.train_path=shards/train --set data.val_path=shards/val \
     --set run.dir="$dir" --set run.peak_tflops=1 --set train.threads=1 "$@"
 }
+fails_with_fault() { ! MERIDIAN_FAULT=$1 "$bin" info --model tiny > out.txt 2> err.txt; }
 state_hash() { grep '^# state hash:' "$1" | awk '{print $4}'; }
 
 case $case_name in
@@ -162,6 +163,59 @@ mixture)
   b=$(state_hash second.txt)
   check "mixture: 10 straight == 5 + resume + 5, bit for bit" test -n "$a" -a "$a" = "$b"
   check "the mixture cursor is in the checkpoint" grep -q 'meridian.data_mixture_cursor' msplit/checkpoints/step_00000010/state.safetensors
+  ;;
+
+checkpoint-crash)
+  # SIGKILL at every fault point of a checkpoint save (core/fault.h), in the second of three
+  # saves: the last good checkpoint loads, and --resume ends bit-exactly where an uninterrupted
+  # run ends.
+  make_corpus
+  tiny straight --set train.steps=12 --set train.checkpoint_every=4 > straight.txt 2>&1
+  a=$(state_hash straight.txt)
+  # checkpoint.* are reached once per save, safetensors.* and file.* twice (model + state;
+  # config.json + latest), so @2 / @3 / @4 fall in the second save.
+  for point in checkpoint.begin@2 checkpoint.model_written@2 checkpoint.state_written@2 checkpoint.tmp_synced@2 \
+               checkpoint.renamed@2 checkpoint.latest_written@2 safetensors.written@3 safetensors.synced@4 \
+               file.written@3 file.synced@3 file.written@4 file.synced@4; do
+    dir=k_${point//[.@]/_}
+    MERIDIAN_FAULT=$point tiny "$dir" --set train.steps=12 --set train.checkpoint_every=4 > "$dir.txt" 2>&1
+    code=$?
+    check "$point: killed there (exit $code)" contains "$dir.txt" "fault point ${point%@*} reached (kill)"
+    "$bin" train --resume "$dir" > "$dir.resumed.txt" 2>&1
+    check "  ... resumed from the last good checkpoint" contains "$dir.resumed.txt" 'done: steps [59]-12'
+    b=$(state_hash "$dir.resumed.txt")
+    check "  ... and ended bit-exactly as the uninterrupted run" test -n "$a" -a "$a" = "$b"
+  done
+  check "a malformed MERIDIAN_FAULT is a clear error" fails_with_fault checkpoint.begin@0
+  check "  ... naming the spec and the syntax" contains err.txt "fault spec 'checkpoint.begin@0'"
+  ;;
+
+disk-full)
+  # A save on a full disk (a small tmpfs) fails with a clear error and damages nothing: the
+  # checkpoint before it still resumes.
+  make_corpus
+  mkdir -p small
+  if ! mount -t tmpfs -o size=4m tmpfs small 2> /dev/null; then
+    echo "skipped: cannot mount a tmpfs here (needs root)"
+    echo "0 passed, 0 failed"
+    exit 0
+  fi
+  trap 'umount "$work/small" 2> /dev/null; rm -rf "$work"' EXIT
+  tiny small/run --set train.steps=8 --set train.checkpoint_every=4 --set train.stop_at_step=4 > first.txt 2>&1
+  check "the first part saved step 4" test -f small/run/checkpoints/step_00000004/state.safetensors
+  # Leave less room than one checkpoint takes.
+  ck_kb=$(du -sk small/run/checkpoints/step_00000004 | cut -f1)
+  free_kb=$(df -k --output=avail small | tail -1)
+  dd if=/dev/zero of=small/filler bs=1k count=$((free_kb - ck_kb / 2)) 2> /dev/null
+  "$bin" train --resume small/run > full.txt 2> full.err
+  code=$?
+  check "the save on a full disk fails (exit $code)" test "$code" -ne 0
+  check "  ... with an error naming the cause" contains full.err 'No space left on device'
+  check "  ... and a hint" contains full.err 'hint:'
+  check "  ... latest still names step 4" contains small/run/checkpoints/latest 'step_00000004'
+  rm -f small/filler
+  "$bin" train --resume small/run > again.txt 2>&1
+  check "with room again, the run resumes from step 4 and finishes" contains again.txt 'done: steps 5-8'
   ;;
 
 *)
