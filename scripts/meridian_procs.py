@@ -5,6 +5,7 @@ file. Standard library only."""
 import json
 import os
 import re
+import subprocess
 import time
 
 
@@ -51,3 +52,16 @@ def coordinator_address(log_path, proc, timeout_s=30):
             return None
         time.sleep(0.05)
     return None
+
+
+def license_shards(binary, work):
+    """Token shards (work/shards/{train,val}) of two license texts that every Debian system has,
+    one document per paragraph: the small corpus of the real-process tests."""
+    corpus = os.path.join(work, "corpus.txt")
+    with open(corpus, "w") as out:
+        for path in ("/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/Apache-2.0"):
+            with open(path) as f:
+                for para in f.read().split("\n\n"):
+                    out.write(para.strip() + "\n%\n")
+    subprocess.run([binary, "tokenize", "--input", corpus, "--output", os.path.join(work, "shards"), "--val-fraction", "0.05",
+                    "--doc-separator", "%"], check=True, stdout=subprocess.DEVNULL)

@@ -184,6 +184,7 @@ void ElasticRounds::log_view_change() {
 
 net::NetStatus ElasticRounds::sync_run_state(Trainer& trainer, RoundStats* stats) {
   OuterOptimizer& outer = *trainer.outer();
+  const int64_t rounds_before = outer.rounds();
   const std::string model = model_hash(trainer.config().model);
   net::SharedState state;
   if (has_state_) {
@@ -221,6 +222,12 @@ net::NetStatus ElasticRounds::sync_run_state(Trainer& trainer, RoundStats* stats
     const auto* cursor = state.find(kCursor);
     if (cursor == nullptr) return fail(Status::error("the run's state has no data cursor"));
     if (Status cs = trainer.set_data_cursor(text_of(*cursor)); !cs.is_ok()) return fail(cs);
+    if (has_state_ && c[2] == rounds_before && options_.out) {
+      // Same round, another state: two histories of the run (a fork), resolved by the election.
+      std::fprintf(options_.out, "# FORK: this node held another state for round %lld than the run's elected one; it takes "
+                                 "the elected state (see the coordinator's run log, event \"fork\")\n",
+                   static_cast<long long>(c[2]));
+    }
     stats->joined = true;
     took_run_state_ = true;
     if (options_.out) {

@@ -6,7 +6,8 @@
 //   begin_round: meet()
 //     update_topology          barrier with the other members; joiners are admitted here only
 //     sync "run state"         outer theta, outer momentum, counters (step, tokens, rounds), data
-//                              cursor, model shape hash: elected by majority, so a joiner (or a
+//                              cursor, model shape hash, with revision = rounds: the newest
+//                              round wins, then the majority (shared_state.h), so a joiner (or a
 //                              stale node) downloads it and every member's hash is checked
 //     sync "inner state"       only when the view changed since the last one: a member's AdamW
 //                              moments and step for the joiners (see below)
@@ -15,6 +16,9 @@
 //   all_reduce_mean: pseudo-gradient, the configured codec, mean over the view's members. On
 //     failure (a member died or froze) the buffer is unchanged: meet the survivors again
 //     without admitting joiners (a joiner has no pseudo-gradient for this round) and retry.
+//     A node that was evicted meanwhile (frozen past the heartbeat timeout) is admitted again
+//     as a joiner at the others' next round start and takes their newer state there: its
+//     pseudo-gradient is void, so it returns RoundStats::restarted and begins that round.
 //
 // Who holds what. Fresh nodes (no --resume) hold nothing until their first sync: they offer an
 // empty state, which does not vote, so a run that is going on, or one node resumed from a

@@ -27,7 +27,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
-from meridian_procs import coordinator_address, json_lines, read_text, write_token  # noqa: E402
+from meridian_procs import coordinator_address, json_lines, license_shards, read_text, write_token  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("bin")
@@ -103,14 +103,7 @@ class Node:
 
 def setup():
     write_token(TOKEN)
-    corpus = os.path.join(WORK, "corpus.txt")
-    with open(corpus, "w") as out:
-        for path in ("/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/Apache-2.0"):
-            with open(path) as f:
-                for para in f.read().split("\n\n"):
-                    out.write(para.strip() + "\n%\n")
-    subprocess.run([BIN, "tokenize", "--input", corpus, "--output", os.path.join(WORK, "shards"), "--val-fraction", "0.05",
-                    "--doc-separator", "%"], check=True, stdout=subprocess.DEVNULL)
+    license_shards(BIN, WORK)
 
 
 def outer_lines(d):
