@@ -1,7 +1,7 @@
 """Small helpers shared by the scripts that drive `meridian` processes and read what they write
-(scripts/demo.py, bench/diloco/quality.py, tests/integration/diloco_test.py): the run token,
-the coordinator's listening address, the "outer" lines of a node's metrics.jsonl, a JSON-lines
-file. Standard library only."""
+(scripts/demo.py, bench/diloco/quality.py, tests/integration/diloco_test.py, tests/chaos/chaos.py):
+the run token, the coordinator's listening address, the "outer" lines of a node's metrics.jsonl,
+a JSON-lines file, the end of a test run. Standard library only."""
 import json
 import os
 import re
@@ -65,3 +65,17 @@ def license_shards(binary, work):
                     out.write(para.strip() + "\n%\n")
     subprocess.run([binary, "tokenize", "--input", corpus, "--output", os.path.join(work, "shards"), "--val-fraction", "0.05",
                     "--doc-separator", "%"], check=True, stdout=subprocess.DEVNULL)
+
+
+def stop_all(procs, work, failed, tail_chars=3000):
+    """The end of a real-process test: kills what still runs and, when something failed, prints
+    the tail of every log in `work`."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    if failed:
+        for name in sorted(os.listdir(work)):
+            if name.endswith(".log"):
+                print("---- %s (tail)" % name)
+                print(read_text(os.path.join(work, name))[-tail_chars:])

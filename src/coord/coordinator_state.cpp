@@ -208,6 +208,7 @@ void CoordinatorState::on_join(ConnId conn, const wire::C2M_Join& join, int64_t 
                                   std::to_string(view_.members.size()) + " members) from re-registering peer " +
                                   std::to_string(prev),
                               std::move(e)));
+    tell_joiners(out);
   }
   PeerId id = kNoPeer;
   auto existing = prev != kNoPeer ? peers_.find(prev) : peers_.end();
@@ -270,6 +271,7 @@ void CoordinatorState::on_join(ConnId conn, const wire::C2M_Join& join, int64_t 
                               std::move(e)));
   } else {
     e.kind = "registered";
+    if (!view_.members.empty()) out.push_back(Action::send(conn, wire::M2C_View{view_, false}));
     out.push_back(Action::log("peer " + std::to_string(id) + " at " + r.address + " registered; waits for the barrier",
                               std::move(e)));
   }
@@ -317,6 +319,7 @@ void CoordinatorState::publish_view(std::vector<wire::ViewMember> members, const
                                 " members (" + why + ")",
                             std::move(e)));
   send_to_members(wire::M2C_View{view_, false}, out);
+  tell_joiners(out);
 }
 
 LogEvent CoordinatorState::view_event(const char* kind) const {
@@ -394,6 +397,7 @@ void CoordinatorState::try_complete_barrier(Out& out) {
       if (p.conn != kNoConn) out.push_back(Action::send(p.conn, wire::M2C_View{view_, true}));
     }
   }
+  tell_joiners(out);
 }
 
 void CoordinatorState::on_op_begin(PeerId peer, const wire::C2M_OpBegin& m, Out& out) {
@@ -574,6 +578,12 @@ void CoordinatorState::send_to_members(const wire::ControlMessage& message, Out&
   for (const wire::ViewMember& m : view_.members) {
     auto it = peers_.find(m.peer_id);
     if (it != peers_.end() && it->second.conn != kNoConn) out.push_back(Action::send(it->second.conn, message));
+  }
+}
+
+void CoordinatorState::tell_joiners(Out& out) {
+  for (const auto& [id, p] : peers_) {
+    if (p.phase == PeerPhase::kJoining && p.conn != kNoConn) out.push_back(Action::send(p.conn, wire::M2C_View{view_, false}));
   }
 }
 

@@ -208,6 +208,9 @@ class CoordinatorState {
   void learn_final(uint64_t epoch, uint64_t op_id, bool ok, PeerId from, Out& out);
   void abort_ops_before(uint64_t epoch, const std::string& why, Out& out);
   void send_to_members(const wire::ControlMessage& message, Out& out);
+  // Registered joiners learn the run's view (not a barrier answer): a joiner of a running run
+  // waits for its round start however long that takes, one of a new run does not.
+  void tell_joiners(Out& out);
   void update_phase();
   void check_consistency() const;
   PeerRecord* peer_on(ConnId conn);

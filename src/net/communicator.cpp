@@ -19,6 +19,10 @@ namespace ms = membership;
 
 namespace {
 
+bool has_member(const ms::View& view, PeerId peer) {
+  return std::any_of(view.members.begin(), view.members.end(), [&](const ms::ViewMember& m) { return m.peer_id == peer; });
+}
+
 constexpr int64_t kReconnectBackoffUs = 50'000;
 constexpr size_t kMaxFinalsKept = 256;
 
@@ -197,12 +201,18 @@ void Communicator::on_control_message(const ms::ControlMessage& m) {
   if (const auto* w = std::get_if<ms::M2C_Welcome>(&m)) {
     peer_id_ = w->peer_id;
     registered_ = true;
+    run_view_ = ms::View{};  // this coordinator tells its own (a view follows when there is a run)
     // Re-send what the coordinator may have lost (it restarted, or the connection broke).
     if (pending_update_) send_control(*pending_update_);
     if (pending_begin_) send_control(*pending_begin_);
     if (pending_report_) send_control(*pending_report_);
     if (pending_result_) send_control(*pending_result_);
   } else if (const auto* v = std::get_if<ms::M2C_View>(&m)) {
+    run_view_ = v->view;
+    if (!has_member(v->view, peer_id_)) {
+      cv_.notify_all();
+      return;  // a joiner learning how the run stands: nothing to adopt
+    }
     if (v->view.epoch >= held_view_.epoch) held_view_ = v->view;
     newest_epoch_ = std::max(newest_epoch_, v->view.epoch);
     if (v->barrier && pending_update_) {
@@ -247,9 +257,24 @@ Status Communicator::update_topology(size_t min_members, bool admit_joiners) {
   send_control(request);
   ms::View next;
   PeerId self = kNoPeer;
+  int64_t mesh_deadline = deadline;
   {
     std::unique_lock<std::mutex> lock(mutex_);
-    cv_.wait_until(lock, to_time_point(deadline), [&] { return barrier_view_.has_value() || !fatal_.is_ok(); });
+    const auto waiting = [&] { return !barrier_view_.has_value() && fatal_.is_ok(); };
+    cv_.wait_until(lock, to_time_point(deadline), [&] { return !waiting(); });
+    // A joiner of a running run waits for its round start however long the round takes; it
+    // gives up only when the run is gone (no members) or the coordinator is (fatal_).
+    for (int periods = 1; waiting() && !run_view_.members.empty() && !has_member(run_view_, peer_id_); ++periods) {
+      std::fprintf(stderr,
+                   "meridian: waiting to join the run (view epoch %llu, %zu members): its next round start has not "
+                   "come in %lld s\n",
+                   static_cast<unsigned long long>(run_view_.epoch), run_view_.members.size(),
+                   static_cast<long long>(periods * options_.topology_timeout_ms / 1000));
+      cv_.wait_until(lock, to_time_point(ms::steady_now_us() + options_.topology_timeout_ms * 1000),
+                     [&] { return !waiting(); });
+      // Admitted after the first period: the mesh gets a period of its own from now.
+      mesh_deadline = ms::steady_now_us() + options_.topology_timeout_ms * 1000;
+    }
     if (!fatal_.is_ok()) return fatal_;
     if (!barrier_view_) {
       pending_update_.reset();
@@ -264,9 +289,7 @@ Status Communicator::update_topology(size_t min_members, bool admit_joiners) {
                                [&](const ms::ViewMember& m) { return m.peer_id == self; });
   if (me == next.members.end()) return Status::error("update_topology: this peer is not in view epoch " + std::to_string(next.epoch));
   const size_t rank = static_cast<size_t>(me - next.members.begin());
-  const bool was_member = std::any_of(view_.members.begin(), view_.members.end(),
-                                      [&](const ms::ViewMember& m) { return m.peer_id == self; });
-  if (!was_member) votes_ = false;  // admitted now: our state counts once a sync gave us the elected one
+  if (!has_member(view_, self)) votes_ = false;  // admitted now: our state counts once a sync gave us the elected one
   if (next.epoch != view_.epoch || !runner_) {
     std::unique_ptr<ms::MeshTransport> old;
     {
@@ -283,7 +306,7 @@ Status Communicator::update_topology(size_t min_members, bool admit_joiners) {
     auto mesh = std::make_unique<ms::MeshTransport>(mesh_options, listen_fd_);
     std::vector<std::string> addresses;
     for (const ms::ViewMember& m : next.members) addresses.push_back(m.address);
-    const Status st = mesh->connect_mesh(static_cast<PeerId>(rank), addresses, deadline);
+    const Status st = mesh->connect_mesh(static_cast<PeerId>(rank), addresses, mesh_deadline);
     view_ = next;
     rank_ = rank;
     if (!st.is_ok()) return st.with_context("update_topology (view epoch " + std::to_string(next.epoch) + ")");

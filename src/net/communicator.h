@@ -54,7 +54,6 @@
 
 #include <atomic>
 #include <condition_variable>
-#include <functional>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -122,6 +121,10 @@ class Communicator {
   // (joiners admitted) and the mesh for it is built. min_members: wait until the view would
   // hold at least that many peers (start of a run of known size). admit_joiners = false: the
   // view keeps its members (minus the lost ones) and joiners wait for a later barrier.
+  // A peer that is not a member of a running run (a joiner) waits for the run's next round
+  // start as long as the coordinator reports the run alive, past topology_timeout_ms (saying
+  // so on stderr at every period); a peer of a new run, waiting for min_members, gives up
+  // after topology_timeout_ms.
   Status update_topology(size_t min_members = 0, bool admit_joiners = true);
 
   // Sum or mean of `count` floats across the view's members. On error the buffer is unchanged.
@@ -179,6 +182,7 @@ class Communicator {
   std::optional<membership::View> barrier_view_;   // answer to the pending update_topology
   std::optional<membership::C2M_UpdateTopology> pending_update_;
   membership::View held_view_;               // what we tell a (restarted) coordinator we hold
+  membership::View run_view_;                // the run's view as last told, this peer in it or not
   uint64_t newest_epoch_ = 0;                // newest epoch the coordinator told us about
   std::unique_ptr<membership::MeshTransport> mesh_;  // replaced by the caller's thread only
   uint64_t running_op_ = 0;                  // op in progress (0: none)

@@ -27,7 +27,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
-from meridian_procs import coordinator_address, json_lines, license_shards, read_text, write_token  # noqa: E402
+from meridian_procs import coordinator_address, json_lines, license_shards, read_text, stop_all, write_token  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("bin")
@@ -224,15 +224,7 @@ try:
 except SystemExit as e:
     check("setup", False, str(e))
 finally:
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    if results["failed"]:
-        for name in sorted(os.listdir(WORK)):
-            if name.endswith(".log"):
-                print("---- %s (tail)" % name)
-                print(read_text(os.path.join(WORK, name))[-2500:])
+    stop_all(procs, WORK, results["failed"], 2500)
     if args.keep:
         shutil.rmtree(args.keep, ignore_errors=True)
         shutil.copytree(WORK, args.keep)

@@ -16,7 +16,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
-from meridian_procs import coordinator_address, json_lines, license_shards, outer_rounds, read_text, write_token  # noqa: E402
+from meridian_procs import coordinator_address, json_lines, license_shards, outer_rounds, read_text, stop_all, write_token  # noqa: E402
 
 BIN = os.path.abspath(sys.argv[1])
 CASE = sys.argv[2]
@@ -57,9 +57,9 @@ def wait_for(what, predicate, timeout=120):
     return False
 
 
-def coordinator(name="coord", port=0):
+def coordinator(name="coord", port=0, heartbeat_ms=6000):
     p = start(name, ["coordinator", "--listen", "127.0.0.1:%d" % port, "--token-file", TOKEN,
-                     "--heartbeat-timeout-ms", "6000", "--log", os.path.join(WORK, "run.jsonl")])
+                     "--heartbeat-timeout-ms", str(heartbeat_ms), "--log", os.path.join(WORK, "run.jsonl")])
     address = coordinator_address(os.path.join(WORK, name + ".log"), p)
     check("in time: coordinator listening", address is not None, log_of(name)[-1000:])
     return address or "127.0.0.1:1"
@@ -351,24 +351,44 @@ def case_stale_return():
     check("the run log has the eviction and no fork", "evicted" in events and "fork" not in events, sorted(set(events)))
 
 
+def case_slow_round_join():
+    """A joiner whose wait for the run's next round start outlasts diloco.round_timeout_s (the
+    run's round is long: here its only member is frozen in its all-reduce for 4 s) keeps waiting,
+    says so, and joins at that round start; a new run's lone node still gives up (first-barrier-timeout)."""
+    # a stays frozen while b starts (seconds on a loaded machine): it must not be evicted meanwhile.
+    coord = coordinator(heartbeat_ms=60000)
+    quick = ["--set", "diloco.round_timeout_s=1"]
+    a = node("a", coord, steps=60, H=10, extra=quick, env_extra={"MERIDIAN_FAULT": "diloco.all_reduce@2:stop"})
+    if not wait_for("a frozen in its second all-reduce", lambda: "fault point diloco.all_reduce reached" in log_of("a"), 120):
+        return
+    b = node("b", coord, steps=60, H=10, extra=quick)
+    if not wait_for("b waits past its round timeout", lambda: "waiting to join the run" in log_of("b"), 50):
+        a.send_signal(signal.SIGCONT)
+        return
+    time.sleep(2.5)
+    a.send_signal(signal.SIGCONT)
+    finished(a, "a")
+    finished(b, "b")
+    rounds_b = outer("b")
+    first = min(rounds_b, default=None)
+    check("b joined at the round start after the long round (first round %s)" % first, first == 3 and rounds_b[first]["joined"],
+          rounds_b.get(first))
+    check("a trained every round once", sorted(outer("a")) == list(range(1, 7)), sorted(outer("a")))
+    check("2 nodes from round 3 on", all(outer("a")[r]["nodes"] == 2 for r in range(3, 7)), outer("a"))
+    hashes_agree(["a", "b"])
+
+
 CASES = {"exact": case_exact, "kill-inner": case_kill_inner, "kill-all-reduce": case_kill_all_reduce,
          "all-but-one": case_all_but_one_die, "join": case_join, "kill-transfer": case_kill_transfer,
          "leave-rejoin": case_leave_rejoin, "coordinator-restart": case_coordinator_restart,
-         "first-barrier-timeout": case_first_barrier_timeout, "stale-return": case_stale_return}
+         "first-barrier-timeout": case_first_barrier_timeout, "stale-return": case_stale_return,
+         "slow-round-join": case_slow_round_join}
 
 try:
     setup()
     CASES[CASE]()
 finally:
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    if results["failed"]:
-        for name in sorted(os.listdir(WORK)):
-            if name.endswith(".log"):
-                print("---- %s (tail)" % name)
-                print(log_of(name[:-4])[-3000:])
+    stop_all(procs, WORK, results["failed"])
     shutil.rmtree(WORK, ignore_errors=True)
 print("%d passed, %d failed" % (results["passed"], results["failed"]))
 sys.exit(1 if results["failed"] or not results["passed"] else 0)

@@ -55,6 +55,13 @@ class Harness {
     if (all.empty()) return std::nullopt;
     return all.back();
   }
+  // The last barrier answer sent on conn (joiners are also told the run's view, barrier false).
+  std::optional<w::M2C_View> last_barrier(ConnId conn) const {
+    std::optional<w::M2C_View> out;
+    for (const w::M2C_View& v : sent<w::M2C_View>(conn))
+      if (v.barrier) out = v;
+    return out;
+  }
   bool closed(ConnId conn) const { return closed_.count(conn) != 0; }
   void clear() { sent_.clear(); }
 
@@ -109,7 +116,7 @@ TEST(CoordState, JoinersWaitForTheBarrierOfAllMembers) {
   const PeerId c = h.join(3, "127.0.0.1:1003");
   h.feed(3, w::C2M_UpdateTopology{0, 0});
   h.feed(1, w::C2M_UpdateTopology{e1, 0});
-  EXPECT_FALSE(h.last<w::M2C_View>(3).has_value());
+  EXPECT_FALSE(h.last_barrier(3).has_value());
   EXPECT_FALSE(h.last<w::M2C_View>(1).has_value());
   EXPECT_EQ(h.state.view().epoch, e1);
   h.feed(2, w::C2M_UpdateTopology{e1, 0});
@@ -144,7 +151,10 @@ TEST(CoordState, BarrierWithoutAdmissionsKeepsJoinersWaiting) {
   ASSERT_TRUE(v);
   EXPECT_EQ(v->view.epoch, e);
   EXPECT_EQ(ids(v->view), members);
-  EXPECT_FALSE(h.last<w::M2C_View>(3).has_value());
+  EXPECT_FALSE(h.last_barrier(3).has_value());
+  auto told = h.last<w::M2C_View>(3);  // the joiner hears that the run went on without it
+  ASSERT_TRUE(told);
+  EXPECT_EQ(told->view, h.state.view());
   // The next ordinary barrier admits it.
   h.clear();
   h.feed(10, w::C2M_UpdateTopology{e, 0});
@@ -153,6 +163,36 @@ TEST(CoordState, BarrierWithoutAdmissionsKeepsJoinersWaiting) {
   ASSERT_TRUE(admitted);
   EXPECT_EQ(admitted->view.epoch, e + 1);
   EXPECT_EQ(ids(admitted->view).back(), joiner);
+}
+
+// A joiner of a running run learns the run's view at once and at every round start, so it
+// can tell a long round (keep waiting) from a new run that lacks nodes (give up).
+TEST(CoordState, JoinerOfARunningRunIsToldTheRunsView) {
+  Harness h;
+  const PeerId first = h.join(1, "127.0.0.1:1001");
+  h.feed(1, w::C2M_UpdateTopology{0, 2});
+  EXPECT_FALSE(h.last<w::M2C_View>(1).has_value()) << "a new run has no view to tell";
+  h.join(2, "127.0.0.1:1002");
+  h.feed(2, w::C2M_UpdateTopology{0, 2});
+  const w::View run = h.state.view();
+  ASSERT_EQ(ids(run).size(), 2u);
+  EXPECT_EQ(ids(run)[0], first);
+  h.clear();
+  const PeerId joiner = h.join(3, "127.0.0.1:1003");
+  auto told = h.last<w::M2C_View>(3);
+  ASSERT_TRUE(told);
+  EXPECT_FALSE(told->barrier);
+  EXPECT_EQ(told->view, run);
+  for (const auto& m : told->view.members) EXPECT_NE(m.peer_id, joiner);
+  EXPECT_TRUE(h.sent<w::M2C_View>(1).empty()) << "members hear nothing new";
+  // A member lost: the shrunk view reaches the joiner too.
+  h.clear();
+  h.disconnect(2);
+  told = h.last<w::M2C_View>(3);
+  ASSERT_TRUE(told);
+  EXPECT_FALSE(told->barrier);
+  EXPECT_EQ(told->view, h.state.view());
+  EXPECT_EQ(ids(told->view), (std::vector<PeerId>{first}));
 }
 
 TEST(CoordState, SilentPeerEvictedAtTheHeartbeatTimeout) {
