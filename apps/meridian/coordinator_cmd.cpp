@@ -27,9 +27,12 @@ int fail(const Status& st) {
 }  // namespace
 
 int run_coordinator_command(const std::string& listen, const std::string& token_file, int heartbeat_timeout_ms,
-                            int heartbeat_interval_ms, const std::string& log_path) {
+                            int heartbeat_interval_ms, const std::string& log_path, int holder_wait_ms) {
   if (heartbeat_timeout_ms <= 0) {
     return fail(Status::error("--heartbeat-timeout-ms must be > 0 (got " + std::to_string(heartbeat_timeout_ms) + ")"));
+  }
+  if (holder_wait_ms < 0) {
+    return fail(Status::error("--holder-wait-ms must be >= 0 (got " + std::to_string(holder_wait_ms) + ")"));
   }
   if (heartbeat_interval_ms <= 0) heartbeat_interval_ms = std::max(1, heartbeat_timeout_ms / 4);
   if (heartbeat_interval_ms >= heartbeat_timeout_ms) {
@@ -43,6 +46,7 @@ int run_coordinator_command(const std::string& listen, const std::string& token_
   options.log_path = log_path;
   options.config.heartbeat_timeout_us = int64_t{heartbeat_timeout_ms} * 1000;
   options.config.heartbeat_interval_us = int64_t{heartbeat_interval_ms} * 1000;
+  options.config.holder_wait_us = int64_t{holder_wait_ms} * 1000;
   // Epochs of this incarnation start above any its predecessors on this address published.
   options.config.incarnation = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());

@@ -354,13 +354,15 @@ int main(int argc, char** argv) {
   config->add_flag("--list", config_list, "every option with its default, unit and help");
 
   std::string coord_listen = "0.0.0.0:29500", coord_token_file, coord_log;
-  int coord_timeout_ms = 10000, coord_interval_ms = 0;
+  int coord_timeout_ms = 10000, coord_interval_ms = 0, coord_holder_wait_ms = 60000;
   auto* coordinator = app.add_subcommand("coordinator", "run the coordinator of a run: membership, epochs, heartbeats, abort");
   coordinator->add_option("--listen", coord_listen, "HOST:PORT to listen on (port 0: the OS picks; printed)");
   coordinator->add_option("--token-file", coord_token_file, "file holding the run token every peer must prove")->required();
   coordinator->add_option("--heartbeat-timeout-ms", coord_timeout_ms, "a peer silent this long is removed");
   coordinator->add_option("--heartbeat-interval-ms", coord_interval_ms, "how often peers heartbeat (0: a quarter of the timeout)");
   coordinator->add_option("--log", coord_log, "append the run log (JSON lines: joins, leaves, evictions, rounds) to this file");
+  coordinator->add_option("--holder-wait-ms", coord_holder_wait_ms,
+                          "how long syncs wait for a holder of the run's newest state to come back before going on from an older one");
 
   CLI11_PARSE(app, argc, argv);
   try {
@@ -375,7 +377,8 @@ int main(int argc, char** argv) {
       return cmd_bench_step(bench_args, bench_steps, bench_warmup);
     }
     if (*config) return cmd_config(config_args, config_list);
-    if (*coordinator) return run_coordinator_command(coord_listen, coord_token_file, coord_timeout_ms, coord_interval_ms, coord_log);
+    if (*coordinator) return run_coordinator_command(coord_listen, coord_token_file, coord_timeout_ms, coord_interval_ms, coord_log,
+                                                       coord_holder_wait_ms);
     if (*bench_allreduce) {
       std::vector<std::string> args = bench_allreduce->remaining();
       std::vector<char*> argv_bench{const_cast<char*>("meridian bench allreduce")};

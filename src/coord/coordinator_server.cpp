@@ -13,6 +13,7 @@
 #include <climits>
 #include <cstdio>
 #include <cstring>
+#include <string_view>
 #include <vector>
 
 #include "core/assert.h"
@@ -140,6 +141,7 @@ std::string run_log_line(double unix_time_s, const std::string& msg, const LogEv
   number("round", event.round);
   text_number("op_id", event.op_id);
   number("size", event.size);
+  number("revision", event.revision);
   if (event.members) {
     append_key(out, "members");
     append_ids(out, *event.members);
@@ -155,6 +157,55 @@ std::string run_log_line(double unix_time_s, const std::string& msg, const LogEv
   out += '}';
   return out;
 }
+
+uint64_t last_elected_revision(const std::string& log_tail) {
+  static const std::string kSync = "\"event\":\"sync\"", kRevision = "\"revision\":";
+  size_t end = log_tail.size();
+  while (end > 0) {
+    const size_t nl = log_tail.rfind('\n', end - 1);
+    const size_t begin = nl == std::string::npos ? 0 : nl + 1;
+    const std::string_view line(log_tail.data() + begin, end - begin);
+    // Keys and values of a line are unescaped only outside its strings, so these cannot come
+    // from a message's text.
+    const size_t r = line.find(kRevision);
+    if (line.find(kSync) != std::string_view::npos && r != std::string_view::npos) {
+      uint64_t v = 0;
+      for (size_t i = r + kRevision.size(); i < line.size() && line[i] >= '0' && line[i] <= '9'; ++i) {
+        v = v * 10 + static_cast<uint64_t>(line[i] - '0');
+      }
+      return v;
+    }
+    if (nl == std::string::npos) break;
+    end = nl;
+  }
+  return 0;
+}
+
+namespace {
+
+// The last kMaxTail bytes of the run log, from the first full line on; empty if unreadable.
+std::string read_log_tail(const std::string& path) {
+  constexpr long kMaxTail = 4L << 20;
+  std::FILE* f = std::fopen(path.c_str(), "rbe");
+  if (f == nullptr) return {};
+  std::string tail;
+  if (std::fseek(f, 0, SEEK_END) == 0) {
+    const long size = std::ftell(f);
+    const long from = std::max(0L, size - kMaxTail);
+    if (size > 0 && std::fseek(f, from, SEEK_SET) == 0) {
+      tail.resize(static_cast<size_t>(size - from));
+      tail.resize(std::fread(tail.data(), 1, tail.size(), f));
+      if (from > 0) {
+        const size_t nl = tail.find('\n');
+        tail.erase(0, nl == std::string::npos ? tail.size() : nl + 1);
+      }
+    }
+  }
+  std::fclose(f);
+  return tail;
+}
+
+}  // namespace
 
 struct CoordinatorServer::Connection {
   Connection(ConnId id_, int fd_, const std::string& token, int64_t deadline)
@@ -185,7 +236,12 @@ CoordinatorServer::~CoordinatorServer() {
 
 Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::start(const CoordinatorServerOptions& options) {
   if (options.token.empty()) return Status::error("coordinator: empty run token", "pass a token file with a secret");
-  std::unique_ptr<CoordinatorServer> s(new CoordinatorServer(options));
+  CoordinatorServerOptions resumed = options;
+  if (!options.log_path.empty()) {
+    resumed.config.known_revision =
+        std::max(resumed.config.known_revision, last_elected_revision(read_log_tail(options.log_path)));
+  }
+  std::unique_ptr<CoordinatorServer> s(new CoordinatorServer(resumed));
   bool log_continues = false;
   if (!options.log_path.empty()) {
     s->log_file_ = std::fopen(options.log_path.c_str(), "ae");  // e: O_CLOEXEC
@@ -204,7 +260,12 @@ Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::start(const Coordi
   LogEvent started;
   started.kind = log_continues ? "restarted" : "started";
   started.address = s->address_;
-  s->log("listening on " + s->address_ + " (incarnation " + std::to_string(options.config.incarnation) + ")", started);
+  started.revision = resumed.config.known_revision;
+  s->log("listening on " + s->address_ + " (incarnation " + std::to_string(options.config.incarnation) + ")" +
+             (resumed.config.known_revision > options.config.known_revision
+                  ? "; the run log says the run is at revision " + std::to_string(resumed.config.known_revision)
+                  : ""),
+         started);
   return s;
 }
 

@@ -13,7 +13,9 @@
 // JSON object per line, {"t": unix seconds, "event": kind, "msg": text, ...the LogEvent's
 // fields}, flushed line by line so that it can be tailed. Appending means a restarted
 // coordinator continues the same log; its first line is "restarted" instead of "started"
-// when the file was not empty.
+// when the file was not empty, and it resumes the run's progress from it: the revision of the
+// last "sync" event (CoordinatorConfig::known_revision), so that no restart lets the run go back
+// to an older state while a holder of the newer one is away. A new run takes a new log file.
 //
 // Threads: run() owns everything on the calling thread. stop() may be called from any thread
 // or a signal handler (it writes one byte to a pipe).
@@ -44,6 +46,10 @@ struct CoordinatorServerOptions {
 // "epoch":"5",...}. "epoch" and "op_id" are decimal strings (64-bit values exceed the 2^53 that
 // JSON readers hold exactly); the other integers are numbers. Pure; strings are escaped as JSON, invalid UTF-8 replaced by U+FFFD.
 std::string run_log_line(double unix_time_s, const std::string& msg, const LogEvent& event);
+
+// The revision of the last "sync" event among these run-log lines (a tail of the log: a first
+// partial line is skipped), 0 when there is none. Pure.
+uint64_t last_elected_revision(const std::string& log_tail);
 
 class CoordinatorServer {
  public:

@@ -44,6 +44,7 @@ CoordinatorState::CoordinatorState(const CoordinatorConfig& config) : config_(co
                       config.heartbeat_interval_us < config.heartbeat_timeout_us,
                   "heartbeat interval {} us must be below the timeout {} us", config.heartbeat_interval_us,
                   config.heartbeat_timeout_us);
+  run_revision_ = config.known_revision;
 }
 
 size_t CoordinatorState::joiner_count() const {
@@ -72,6 +73,7 @@ CoordinatorState::PeerRecord* CoordinatorState::peer_on(ConnId conn) {
 
 std::vector<Action> CoordinatorState::handle(const Event& event, int64_t now_us) {
   Out out;
+  now_us_ = now_us;
   if (const auto* m = std::get_if<EvMessage>(&event)) {
     on_message(m->conn, m->message, now_us, out);
   } else if (const auto* d = std::get_if<EvDisconnected>(&event)) {
@@ -480,7 +482,38 @@ void CoordinatorState::try_elect(const OpKey& key, OpRecord& op, Out& out) {
   if (!anyone_votes) {  // nobody has synced since admission: every non-empty state votes
     for (net::PeerReport& r : reports) r.votes = !r.buffers.empty();
   }
-  op.elected = net::elect(reports);
+  net::ElectedHashes elected = net::elect(reports);
+  if (elected.revision < run_revision_) {
+    // Every holder of the run's state is away: wait for one to come back before going back.
+    const std::string ago = "the run's newest state (revision " + std::to_string(run_revision_) +
+                            ") is held by no member of this view (newest here: revision " + std::to_string(elected.revision) + ")";
+    if (holder_wait_since_us_ < 0) {
+      holder_wait_since_us_ = now_us_;
+      LogEvent w;
+      w.kind = "warning";
+      w.epoch = op.epoch;
+      w.revision = run_revision_;
+      w.reason = ago + "; syncs wait up to " + std::to_string(config_.holder_wait_us / 1'000'000) +
+                 " s for a holder to come back";
+      out.push_back(Action::log("sync op " + std::to_string(key.second) + " of epoch " + std::to_string(op.epoch) + ": " + w.reason,
+                                std::move(w)));
+    }
+    if (now_us_ - holder_wait_since_us_ < config_.holder_wait_us) {
+      finish_op(key, op, false, ago + "; waiting for a holder to come back", out);
+      return;
+    }
+    LogEvent lost;
+    lost.kind = "warning";
+    lost.epoch = op.epoch;
+    lost.revision = elected.revision;
+    lost.reason = "the state of revision " + std::to_string(run_revision_) + " is lost with its holders (none came back in " +
+                  std::to_string(config_.holder_wait_us / 1'000'000) + " s); the run goes on from revision " +
+                  std::to_string(elected.revision);
+    out.push_back(Action::log("LOST: " + lost.reason, std::move(lost)));
+  }
+  holder_wait_since_us_ = -1;
+  run_revision_ = elected.revision;
+  op.elected = std::move(elected);
   op.elected_sent = true;
   op.reports.clear();
   wire::M2C_SyncElected message{op.epoch, key.second, op.elected};
@@ -510,6 +543,7 @@ void CoordinatorState::try_elect(const OpKey& key, OpRecord& op, Out& out) {
   e.kind = "sync";
   e.epoch = op.epoch;
   e.op_id = key.second;
+  e.revision = op.elected.revision;
   out.push_back(Action::log("sync op " + std::to_string(key.second) + " of epoch " + std::to_string(op.epoch) + ": elected " +
                                 std::to_string(op.elected.buffers.size()) + " buffers, revision " +
                                 std::to_string(op.elected.revision) + ", " + std::to_string(missing) + " bytes to transfer",

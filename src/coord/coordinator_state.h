@@ -35,6 +35,13 @@
 //     keeps that flag), so a late joiner cannot vote away the state; if no report votes (the
 //     start of a run, or every old member is gone), every non-empty state votes. The reports
 //     are dropped once the operation is final.
+//   * Progress never goes back: the coordinator keeps the revision of the last elected state
+//     (the run's progress; across restarts through the run log). A sync whose newest reported
+//     state is older (every holder of the run's state is away: frozen and evicted, restarting)
+//     is aborted, and the members meet again, for up to holder_wait; a holder back in that time
+//     re-registers as a joiner, is admitted at the next barrier and its newer state wins
+//     (shared_state.h). After holder_wait the state is lost with its holders: a warning says so
+//     and the newest state left is elected.
 //   * Soft state: after a restart the coordinator knows nothing. A peer re-registers with its
 //     previous id and the view it holds; the first such peer re-creates that view (same epoch,
 //     all its members, the absent ones as not yet reconnected), the others re-attach to it.
@@ -78,6 +85,14 @@ struct CoordinatorConfig {
   int64_t heartbeat_timeout_us = 5'000'000;
   int64_t heartbeat_interval_us = 1'000'000;  // told to peers; must be well below the timeout
   size_t max_tracked_ops = 4096;              // finals remembered for late reports
+  // The run's progress so far: the revision of the last state a shared-state sync elected (a
+  // restarted daemon reads it from its run log, see coordinator_server.h). A sync whose members
+  // all hold older states (the holders of the run's state are frozen, partitioned or restarting)
+  // is refused for up to holder_wait_us, so that a holder can come back first; after that the
+  // state is given up as lost with its holders, said loudly, and the run goes on from the
+  // newest state left.
+  uint64_t known_revision = 0;
+  int64_t holder_wait_us = 60'000'000;
 };
 
 // The coordinator as a whole.
@@ -120,6 +135,7 @@ struct LogEvent {
   std::optional<uint64_t> op_id;
   std::optional<size_t> size;                   // members in the view
   std::optional<std::vector<PeerId>> members;   // the view's members in rank order
+  std::optional<uint64_t> revision;             // sync: the elected state's revision
   std::vector<PeerId> admitted;                 // admitted at this barrier
   std::string reason;
 };
@@ -224,6 +240,9 @@ class CoordinatorState {
   PeerId next_peer_id_ = 0;
   bool published_ = false;                // this incarnation has published a view
   std::map<OpKey, OpRecord> ops_;         // the oldest finals are forgotten first
+  int64_t now_us_ = 0;                    // of the event being handled
+  uint64_t run_revision_ = 0;             // the run's progress: see CoordinatorConfig::known_revision
+  int64_t holder_wait_since_us_ = -1;     // syncs refused since then for want of a holder; -1: none
 };
 
 }  // namespace meridian::coord

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 #include <span>
+#include <thread>
 
 #include "config/config.h"
 #include "core/assert.h"
@@ -133,6 +134,7 @@ Status ElasticRounds::all_reduce_mean(float* data, size_t count, RoundStats* sta
 }
 
 Status ElasticRounds::meet(Trainer& trainer, bool admit_joiners, RoundStats* stats) {
+  std::string last_sync_failure;
   for (;;) {
     const auto t0 = Clock::now();
     // min_nodes holds only the first barrier: later, a run that lost nodes must go on.
@@ -157,10 +159,15 @@ Status ElasticRounds::meet(Trainer& trainer, bool admit_joiners, RoundStats* sta
       if (ns.is_ok()) inner_synced_epoch_ = comm_->view().epoch;
     }
     if (ns.is_ok()) return Status::ok();
-    if (options_.out) {
-      std::fprintf(options_.out, "# state sync failed (%s); meeting again\n", ns.to_string().c_str());
+    // The same failure again (the coordinator waits for a holder of the run's state to come
+    // back) is said once; a pause keeps the retries from spinning.
+    const std::string why = ns.to_string();
+    if (options_.out && why != last_sync_failure) {
+      std::fprintf(options_.out, "# state sync failed (%s); meeting again\n", why.c_str());
       std::fflush(options_.out);
     }
+    last_sync_failure = why;
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
   }
 }
 
@@ -249,6 +256,8 @@ net::NetStatus ElasticRounds::sync_inner_state(Trainer& trainer, RoundStats* sta
     state.set_pulls(false);  // a member keeps its own moments; only joiners download
     for (const auto& [name, t] : own) put_tensor(state, kInnerPrefix + name, t);
     put_tensor(state, kInnerStep, torch::tensor({adam.step_count()}, torch::kLong));
+    // The run's progress, as in sync_run_state (the coordinator never elects a state behind it).
+    state.set_revision(static_cast<uint64_t>(trainer.outer()->rounds()));
   }
   net::SyncOpStats ss;
   const net::NetStatus st = comm_->sync_shared_state(state, &ss);

@@ -2,8 +2,9 @@
 """Chaos soak of a DiLoCo run: a coordinator and 4 `meridian train --coordinator` nodes on
 loopback (tiny preset, H = 5, int8), with seeded faults: SIGKILL, SIGSTOP for 1-12 s then SIGCONT,
 and SIGTERM of nodes, SIGKILL + restart of the coordinator on the same port; dead nodes come back
-fresh (a new run directory) or with --resume. At most two nodes are down or frozen at once, so
-the run's newest state always lives somewhere. The last quarter (at least 30 s) is a quiet tail
+fresh (a new run directory) or with --resume. A node fault leaves at least two nodes running
+that trained a round since their launch (holders of the run's state, not joiners that have yet
+to download it), so the run's newest state always lives somewhere. The last quarter (at least 30 s) is a quiet tail
 without faults.
 
 Usage: chaos.py MERIDIAN_BINARY [--seconds 120] [--seed 1]
@@ -96,6 +97,12 @@ class Node:
                     "--set", "diloco.min_nodes=1", "--set", "diloco.codec=int8"] + common
         self.proc = start("node%d" % self.index, argv)
         self.down_until = None
+        self.rounds_at_launch = len(outer_lines(self.dir))
+
+    def trained_since_launch(self):
+        # A node holds the run's state once it trained a round in this life: until then it is a
+        # joiner (fresh, or resumed from an older checkpoint) and not one of the run's holders.
+        return len(outer_lines(self.dir)) > self.rounds_at_launch
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -154,7 +161,9 @@ def run():
             say(t0, "quiet tail: no more faults (run at round %d)" % max_round(nodes))
         if now >= next_fault and now < quiet_from:
             next_fault = now + rng.uniform(3, 8)
-            healthy = [n for n in nodes if n.alive() and n.frozen_until is None]
+            # Faults leave at least two holders of the run's state: a run whose every holder is
+            # gone has lost its state, which no system recovers (the coordinator waits for one).
+            healthy = [n for n in nodes if n.alive() and n.frozen_until is None and n.trained_since_launch()]
             kind = rng.choice(["kill", "kill", "stop", "stop", "term", "coord"])
             if kind == "coord":
                 coord_proc.send_signal(signal.SIGKILL)

@@ -18,7 +18,9 @@
 //   * shared-state sync (the first operation after every barrier is a sync, as a trainer does
 //     at each outer step): the coordinator sends one set of elected hashes per sync, every
 //     elected buffer was reported by a member with exactly that digest, and after an ok sync
-//     every member's state equals the elected one;
+//     every member's state equals the elected one; a sync never elects a revision behind the
+//     last one elected (across coordinator restarts too) unless the coordinator declared that
+//     state lost after its holder wait;
 // and at the end, after the faults stop and a quiet period: every live peer is in the same
 // view and has committed operations in it (the run goes on), syncs included.
 //
@@ -56,6 +58,7 @@ namespace net = meridian::net;
 
 constexpr int64_t kMs = 1000;
 constexpr int64_t kHeartbeatTimeoutUs = 1000 * kMs;
+constexpr int64_t kHolderWaitUs = 3 * kHeartbeatTimeoutUs;  // the run's state may be lost in a run
 constexpr int64_t kHeartbeatIntervalUs = 250 * kMs;
 constexpr int64_t kBarrierTimeoutUs = 8 * kHeartbeatTimeoutUs;
 constexpr int64_t kOpTimeoutUs = 4 * kHeartbeatTimeoutUs;
@@ -163,8 +166,23 @@ class Sim {
     peers_.push_back(p);
   }
 
+  // Progress never goes back: a sync elects a revision behind the run's (the last elected, as
+  // the daemon's run log carries it across restarts) only once the coordinator declared it lost.
+  void watch_progress(const Action& a) {
+    if (a.text.rfind("LOST:", 0) == 0) loss_declared_ = true;
+    if (a.event.kind != "sync" || !a.event.revision) return;
+    if (*a.event.revision < logged_revision_ && !loss_declared_) {
+      fail("a sync elected revision " + std::to_string(*a.event.revision) + " behind the run's " +
+           std::to_string(logged_revision_) + " without declaring it lost");
+    }
+    logged_revision_ = *a.event.revision;
+    loss_declared_ = false;
+  }
+
   void start_coordinator() {
     CoordinatorConfig c;
+    c.known_revision = logged_revision_;  // what the daemon reads from its run log
+    c.holder_wait_us = kHolderWaitUs;
     c.heartbeat_timeout_us = kHeartbeatTimeoutUs;
     c.heartbeat_interval_us = kHeartbeatIntervalUs;
     c.incarnation = ++incarnation_;
@@ -311,6 +329,7 @@ class Sim {
     for (const Action& a : actions) {
       if (a.kind == Action::Kind::kLog) {
         trace("  coord: " + a.text);
+        watch_progress(a);
         continue;
       }
       if (coord_open_.count(a.conn) == 0) continue;
@@ -634,6 +653,8 @@ class Sim {
   std::optional<CoordinatorState> coordinator_;
   uint64_t incarnation_ = 0;
   int64_t coordinator_up_at_ = 0;
+  uint64_t logged_revision_ = 0;  // of the last "sync" event
+  bool loss_declared_ = false;
   std::set<ConnId> coord_open_;  // connections the coordinator has open
   std::map<ConnId, int> peer_of_conn_;
   ConnId next_conn_ = 1;

@@ -231,4 +231,48 @@ TEST(CoordRunLog, UnwritableLogPathFailsAtStartNamingThePath) {
   EXPECT_NE(server.status().hint().find("--log"), std::string::npos);
 }
 
+
+TEST(CoordRunLog, TheLastSyncEventsRevisionIsTheRunsProgress) {
+  LogEvent sync;
+  sync.kind = "sync";
+  sync.revision = 41;
+  LogEvent older = sync;
+  older.revision = 40;
+  LogEvent warning;
+  warning.kind = "warning";
+  warning.revision = 99;
+  const std::string tricky = "a message saying \"event\":\"sync\",\"revision\":12345";
+  std::string log = "tial line\n" + run_log_line(1, "s", older) + "\n" + run_log_line(2, "s", sync) + "\n" +
+                    run_log_line(3, "w", warning) + "\n" + run_log_line(4, tricky, LogEvent{}) + "\n";
+  EXPECT_EQ(last_elected_revision(log), 41u);
+  EXPECT_EQ(last_elected_revision(""), 0u);
+  EXPECT_EQ(last_elected_revision(run_log_line(4, tricky, LogEvent{})), 0u);
+  log.pop_back();  // no final newline: the same
+  EXPECT_EQ(last_elected_revision(log), 41u);
+}
+
+TEST(CoordRunLog, ARestartedDaemonResumesTheRunsProgressFromItsLog) {
+  TempDir dir;
+  CoordinatorServerOptions options;
+  options.token = "run-token";
+  options.log_path = dir.path + "/run.jsonl";
+  LogEvent sync;
+  sync.kind = "sync";
+  sync.revision = 5692;
+  {
+    std::ofstream out(options.log_path);
+    out << run_log_line(1, "sync op 1 of epoch 3: elected 5 buffers, revision 5692", sync) << "\n";
+  }
+  auto server = CoordinatorServer::start(options);
+  ASSERT_TRUE(server) << server.status().to_string();
+  (*server)->stop();
+  ASSERT_TRUE((*server)->run().is_ok());
+  const std::vector<std::string> lines = read_lines(options.log_path);
+  ASSERT_GE(lines.size(), 2u);
+  const json restarted = json::parse(lines.at(1));
+  EXPECT_EQ(restarted.at("event"), "restarted");
+  EXPECT_EQ(restarted.at("revision"), 5692);
+  EXPECT_NE(restarted.at("msg").get<std::string>().find("revision 5692"), std::string::npos);
+}
+
 }  // namespace

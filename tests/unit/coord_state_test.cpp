@@ -389,6 +389,87 @@ uint64_t hash_of(const w::M2C_SyncElected& e, const std::string& name) {
   return 0;
 }
 
+
+TEST(CoordStateSync, AStateBehindTheRunsWaitsForAHolderToComeBack) {
+  CoordinatorConfig c = config();
+  c.holder_wait_us = 10 * kTimeoutUs;
+  Harness h(c);
+  // The run reaches revision 7 on one node (10); a fresh joiner (11) waits at the barrier.
+  h.join(10, "127.0.0.1:5000");
+  h.feed(10, w::C2M_UpdateTopology{0, 1});
+  uint64_t e = h.state.view().epoch;
+  h.feed(10, w::C2M_SyncReport{e, 1, st::state(7, {{"w", 7}})});
+  ASSERT_TRUE(h.last<w::M2C_SyncElected>(10));
+  h.feed(10, w::C2M_OpResult{e, 1, true, ""});
+  h.join(11, "127.0.0.1:5001");
+  h.feed(11, w::C2M_UpdateTopology{0, 0});
+  // The holder freezes and is evicted; the joiner is admitted alone and has nothing.
+  h.now += kTimeoutUs / 2;
+  h.feed(11, w::C2M_Heartbeat{});
+  h.now += kTimeoutUs / 2;
+  h.tick();
+  // (Admitted at once if the removal re-checked its barrier, else at its next call.)
+  if (h.state.view().members.empty()) h.feed(11, w::C2M_UpdateTopology{0, 0});
+  ASSERT_EQ(ids(h.state.view()).size(), 1u);
+  e = h.state.view().epoch;
+  h.clear();
+  h.feed(11, w::C2M_SyncReport{e, 1, st::state(0, {})});
+  // Refused, not elected: a run of one empty node would start over from round 1.
+  EXPECT_FALSE(h.last<w::M2C_SyncElected>(11).has_value());
+  auto f = h.last<w::M2C_OpFinal>(11);
+  ASSERT_TRUE(f);
+  EXPECT_FALSE(f->ok);
+  EXPECT_NE(f->detail.find("revision 7"), std::string::npos) << f->detail;
+  // The holder comes back (a joiner now, not a voter): admitted, its state wins.
+  h.now += 3 * kTimeoutUs;
+  h.feed(11, w::C2M_Heartbeat{});
+  h.join(12, "127.0.0.1:5000");
+  h.feed(12, w::C2M_UpdateTopology{0, 0});
+  h.feed(11, w::C2M_UpdateTopology{e, 0});
+  ASSERT_EQ(h.state.view().members.size(), 2u);
+  e = h.state.view().epoch;
+  h.clear();
+  net::PeerReport back = st::state(7, {{"w", 7}});
+  back.votes = true;  // it believes it still is a member: the coordinator knows better
+  h.feed(11, w::C2M_SyncReport{e, 1, st::state(0, {})});
+  h.feed(12, w::C2M_SyncReport{e, 1, back});
+  auto el = h.last<w::M2C_SyncElected>(11);
+  ASSERT_TRUE(el);
+  EXPECT_EQ(el->elected.revision, 7u);
+  EXPECT_EQ(st::hash_of(*el, "w"), 7u);
+}
+
+TEST(CoordStateSync, AfterTheHolderWaitTheStateIsLostAndTheRunGoesOn) {
+  CoordinatorConfig c = config();
+  c.holder_wait_us = 5 * kTimeoutUs;
+  c.known_revision = 40;  // read from the run log by a restarted daemon
+  Harness h(c);
+  form_view(h, 2);  // fresh nodes after a restart: the holders of revision 40 are gone
+  const uint64_t e = h.state.view().epoch;
+  uint64_t op = 1;
+  auto sync = [&](uint64_t revision) {
+    h.clear();
+    h.feed(10, w::C2M_SyncReport{e, op, st::state(revision, {{"w", revision}})});
+    h.feed(11, w::C2M_SyncReport{e, op, st::state(revision, {{"w", revision}})});
+    ++op;
+    return h.last<w::M2C_SyncElected>(10).has_value();
+  };
+  EXPECT_FALSE(sync(39));
+  for (int i = 0; i < 4; ++i) {
+    h.now += kTimeoutUs;
+    h.feed(10, w::C2M_Heartbeat{});
+    h.feed(11, w::C2M_Heartbeat{});
+    EXPECT_FALSE(sync(39)) << i;
+  }
+  h.now += kTimeoutUs;
+  h.feed(10, w::C2M_Heartbeat{});
+  h.feed(11, w::C2M_Heartbeat{});
+  EXPECT_TRUE(sync(39));  // given up: the run goes on from 39
+  EXPECT_TRUE(sync(39));  // and 39 is the run's progress now
+  EXPECT_TRUE(sync(40));
+  EXPECT_FALSE(sync(39));  // behind again: the wait starts over
+}
+
 }  // namespace st
 
 namespace net = meridian::net;

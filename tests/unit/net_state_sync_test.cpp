@@ -142,9 +142,25 @@ TEST(StateSyncElection, TheNewestRevisionWinsWhateverTheVotes) {
   e = elect(reports);
   EXPECT_EQ(e.revision, 1867u);
   EXPECT_EQ(e.buffers[1].hash, (Hash128{2, 2}));
-  // A non-voter's newer revision does not count (a fresh joiner, or one back after an eviction).
+  // A non-voter at the voters' revision does not vote: a fork there is the voters' to decide.
+  reports.push_back({.peer = 8, .revision = 1867, .votes = false, .buffers = {digest("shape", 7), digest("theta", 4)}});
+  e = elect(reports);
+  EXPECT_EQ(e.buffers[1].hash, (Hash128{2, 2}));
+  EXPECT_TRUE(e.forked.empty());
+  // A non-voter holding a newer state than every voter's carries the run's progress (the voters
+  // started over, or fell behind, while it was away): its state wins, and its peers at that
+  // revision vote on it; the voters behind download it.
   reports.push_back({.peer = 9, .revision = 5000, .votes = false, .buffers = {digest("shape", 7), digest("theta", 3)}});
-  EXPECT_EQ(elect(reports).revision, 1867u);
+  reports.push_back({.peer = 10, .revision = 5000, .votes = false, .buffers = {digest("shape", 7), digest("theta", 3)}});
+  reports.push_back({.peer = 11, .revision = 5000, .votes = false, .buffers = {digest("shape", 7), digest("theta", 6)}});
+  reports.push_back({.peer = 12, .revision = 9000, .votes = false, .buffers = {}});  // empty: never votes
+  e = elect(reports);
+  EXPECT_EQ(e.revision, 5000u);
+  ASSERT_EQ(e.buffers.size(), 2u);
+  EXPECT_EQ(e.buffers[1].hash, (Hash128{3, 3}));
+  EXPECT_EQ(e.buffers[1].holders, (std::vector<PeerId>{9, 10}));
+  EXPECT_EQ(e.forked, (std::vector<PeerId>{11}));
+  EXPECT_EQ(e.missing_on(0), (std::vector<size_t>{1}));
   // Voters behind the newest do not vote on its buffers, not even as "absent".
   std::vector<PeerReport> absent = {
       {.peer = 0, .revision = 4, .buffers = {digest("a", 1)}},
@@ -189,6 +205,27 @@ TEST(StateSyncElection, AbsentMajorityDropsTheBufferAndFreshJoinersDoNotVote) {
   EXPECT_EQ(e.missing_on(4), (std::vector<size_t>{0}));
   // A fresh state reports votes = false by itself.
   EXPECT_FALSE(SharedState().report(9).votes);
+}
+
+TEST(StateSyncElection, WithNoVoterTheNewestNonEmptyStateWins) {
+  // A fresh joiner alone with two members back after an eviction (none has synced since): the
+  // newest state wins, the empty joiner downloads it.
+  std::vector<PeerReport> reports = {
+      {.peer = 0, .revision = 0, .votes = false, .buffers = {}},
+      {.peer = 1, .revision = 5692, .votes = false, .buffers = {digest("theta", 7)}},
+      {.peer = 2, .revision = 5600, .votes = false, .buffers = {digest("theta", 8)}},
+  };
+  const ElectedHashes e = elect(reports);
+  EXPECT_EQ(e.revision, 5692u);
+  ASSERT_EQ(e.buffers.size(), 1u);
+  EXPECT_EQ(e.buffers[0].hash, (Hash128{7, 7}));
+  EXPECT_EQ(e.missing_on(0), (std::vector<size_t>{0}));
+  EXPECT_EQ(e.missing_on(2), (std::vector<size_t>{0}));
+  EXPECT_TRUE(e.forked.empty());
+  // Nobody holds anything: nothing is elected.
+  const ElectedHashes none = elect({{.peer = 3, .votes = false}, {.peer = 4, .votes = false}});
+  EXPECT_TRUE(none.buffers.empty());
+  EXPECT_EQ(none.revision, 0u);
 }
 
 // ---- Plan ---------------------------------------------------------------------------------------

@@ -81,13 +81,26 @@ ElectedHashes elect(const std::vector<PeerReport>& reports_in) {
   }
   // Progress first: the newest revision among the voters is elected, and only the voters at
   // that revision vote on the buffers (a voter behind them holds an older state, not a rival).
+  // A non-voter holding a strictly newer state than every voter's (a member back after an
+  // eviction while the voters started over or fell behind) carries the run's progress: the
+  // holders of the newest such revision vote instead.
   bool any_voter = false;
   for (const PeerReport* r : reports) {
     if (!r->votes) continue;
     elected.revision = any_voter ? std::max(elected.revision, r->revision) : r->revision;
     any_voter = true;
   }
-  auto votes_on_buffers = [&](const PeerReport* r) { return r->votes && r->revision == elected.revision; };
+  bool newer_holders = false;
+  for (const PeerReport* r : reports) {
+    if (r->votes || r->buffers.empty()) continue;
+    if ((!any_voter && !newer_holders) || r->revision > elected.revision) {
+      elected.revision = r->revision;
+      newer_holders = true;
+    }
+  }
+  auto votes_on_buffers = [&](const PeerReport* r) {
+    return r->revision == elected.revision && (newer_holders ? !r->buffers.empty() : r->votes);
+  };
 
   // Buffers: every name any voter reports, in name order.
   using VersionKey = std::tuple<uint8_t, uint64_t, uint64_t, uint64_t>;  // dtype, bytes, hash.hi, hash.lo

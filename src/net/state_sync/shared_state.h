@@ -8,7 +8,11 @@
 // an empty joiner could tie with, and win against, the only peer that has the state; nor does a
 // peer back after an eviction until it has synced, see coord/coordinator_state.h). The revision
 // is the state's progress (DiLoCo: the outer round): the newest revision any voter reports is
-// elected, so a state that is behind another voter's never wins, whatever the votes. Only the
+// elected, so a state that is behind another voter's never wins, whatever the votes. Progress
+// first holds over non-voters too: when a non-voter holds a non-empty state strictly newer than
+// every voter's (or nobody votes), the newest revision among the non-empty states is elected and
+// its holders vote (a member back after an eviction, while the voters started over or fell
+// behind, carries the run's progress; an empty joiner never votes). Only the
 // voters at that revision vote on the buffers: for every buffer name one of them reports, the
 // candidates are the distinct (dtype, bytes, hash) versions plus "absent" (those voters without
 // the name). The winner is the candidate with the most voters; a tie goes to the candidate whose
