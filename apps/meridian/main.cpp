@@ -209,7 +209,7 @@ int cmd_info(const std::string& model_name, const std::string& config_file) {
   auto config = resolve_config(args, "demo");
   if (!config) return fail(config.status());
   const auto stats = metrics::model_stats(config->model, config->train.seq_len);
-  std::printf("%s\n", metrics::model_stats_json(config->model, stats, config->train.seq_len).c_str());
+  std::printf("%s\n", metrics::model_stats_json(config->model, stats, config->train).c_str());
   return 0;
 }
 

@@ -34,6 +34,7 @@
   X(double, weight_decay, 0.1, "", "AdamW decoupled weight decay")                                 \
   X(double, grad_clip, 1.0, "", "global gradient-norm clip (0: off)")                              \
   X(double, z_loss_weight, 2e-4, "", "weight of the z-loss: mean squared log-sum-exp of logits")  \
+  X(int64_t, loss_chunk_tokens, 2048, "tokens", "head + loss over this many tokens at a time: bounds the logits' memory (0: all at once)") \
   X(bool, bf16, false, "", "bf16 autocast for the forward pass")                                   \
   X(int64_t, seed, 1234, "", "seed of the init and of the data order")                             \
   X(int64_t, threads, 0, "", "intra-op threads (0: all cores)")                                    \

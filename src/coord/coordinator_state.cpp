@@ -494,7 +494,7 @@ void CoordinatorState::try_elect(const OpKey& key, OpRecord& op, Out& out) {
       w.epoch = op.epoch;
       w.revision = run_revision_;
       w.reason = ago + "; syncs wait up to " + std::to_string(config_.holder_wait_us / 1'000'000) +
-                 " s for a holder to come back";
+                 " s for a holder to come back (a new run? it needs a new run log, --log)";
       out.push_back(Action::log("sync op " + std::to_string(key.second) + " of epoch " + std::to_string(op.epoch) + ": " + w.reason,
                                 std::move(w)));
     }

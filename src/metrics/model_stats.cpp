@@ -1,5 +1,6 @@
 #include "metrics/model_stats.h"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 namespace meridian::metrics {
@@ -22,7 +23,17 @@ ModelStats model_stats(const ModelConfig& m, int64_t seq_len) {
   return s;
 }
 
-std::string model_stats_json(const ModelConfig& m, const ModelStats& s, int64_t seq_len) {
+HeadActivations head_activations(const ModelConfig& m, const TrainConfig& train) {
+  HeadActivations h;
+  h.tokens = train.batch_size * train.seq_len;
+  h.chunk_tokens = train.loss_chunk_tokens > 0 ? std::min(train.loss_chunk_tokens, h.tokens) : h.tokens;
+  h.logits_bytes = 4 * h.chunk_tokens * m.vocab_size;
+  h.unchunked_bytes = 4 * h.tokens * m.vocab_size;
+  return h;
+}
+
+std::string model_stats_json(const ModelConfig& m, const ModelStats& s, const TrainConfig& train) {
+  const int64_t seq_len = train.seq_len;
   nlohmann::ordered_json j;
   j["model"] = m.name;
   j["params"] = s.params_total;
@@ -39,6 +50,12 @@ std::string model_stats_json(const ModelConfig& m, const ModelStats& s, int64_t 
                        {"grads_fp32", s.grad_bytes_fp32},
                        {"adamw_state_fp32", s.adamw_bytes_fp32},
                        {"train_total_fp32", s.weight_bytes_fp32 + s.grad_bytes_fp32 + s.adamw_bytes_fp32}};
+  const HeadActivations h = head_activations(m, train);
+  j["batch_size"] = train.batch_size;
+  j["head_activations_bytes"] = {{"tokens_per_micro_batch", h.tokens},
+                                 {"loss_chunk_tokens", h.chunk_tokens},
+                                 {"logits_fp32_per_copy", h.logits_bytes},
+                                 {"logits_fp32_per_copy_unchunked", h.unchunked_bytes}};
   return j.dump(2);
 }
 

@@ -23,6 +23,17 @@ struct ModelStats {
 };
 
 ModelStats model_stats(const ModelConfig& model, int64_t seq_len);
-std::string model_stats_json(const ModelConfig& model, const ModelStats& stats, int64_t seq_len);
+// The head's fp32 logits of one micro-batch (train.batch_size x train.seq_len tokens), one copy:
+// what train.loss_chunk_tokens bounds (the forward and the backward each hold about two).
+struct HeadActivations {
+  int64_t tokens = 0;          // per micro-batch
+  int64_t chunk_tokens = 0;    // tokens whose logits exist at once
+  int64_t logits_bytes = 0;    // chunk_tokens x vocab x 4
+  int64_t unchunked_bytes = 0; // tokens x vocab x 4 (train.loss_chunk_tokens = 0)
+};
+HeadActivations head_activations(const ModelConfig& model, const TrainConfig& train);
+
+// model_stats(model, train.seq_len) and head_activations as JSON (`meridian info`).
+std::string model_stats_json(const ModelConfig& model, const ModelStats& stats, const TrainConfig& train);
 
 }  // namespace meridian::metrics

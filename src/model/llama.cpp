@@ -143,7 +143,7 @@ void LlamaImpl::reset_parameters() {
   }
 }
 
-torch::Tensor LlamaImpl::forward(const torch::Tensor& tokens) {
+torch::Tensor LlamaImpl::hidden(const torch::Tensor& tokens) {
   MERIDIAN_ASSERT(tokens.dim() == 2, "tokens must be [B, T], got {} dims", tokens.dim());
   if (rope_.cos.device() != tokens.device()) {
     rope_.cos = rope_.cos.to(tokens.device());
@@ -151,8 +151,11 @@ torch::Tensor LlamaImpl::forward(const torch::Tensor& tokens) {
   }
   auto x = model->embed_tokens(tokens);  // [B, T, C]
   for (const auto& layer : *model->layers) x = layer->as<Block>()->forward(x, rope_);
-  x = model->norm(x);
-  auto logits = lm_head(x);  // [B, T, V]
+  return model->norm(x);
+}
+
+torch::Tensor LlamaImpl::forward(const torch::Tensor& tokens) {
+  auto logits = lm_head(hidden(tokens));  // [B, T, V]
   return logits.scalar_type() == torch::kFloat64 ? logits : logits.to(torch::kFloat);
 }
 

@@ -10,6 +10,8 @@
 
 #include <torch/torch.h>
 
+#include <optional>
+
 #include "config/config.h"
 
 namespace meridian::model {
@@ -89,6 +91,9 @@ class LlamaImpl : public torch::nn::Module {
   explicit LlamaImpl(const ModelConfig& config);
   // tokens i64 [B, T] -> logits [B, T, V] (fp32, also under autocast).
   torch::Tensor forward(const torch::Tensor& tokens);
+  // tokens i64 [B, T] -> the final norm's output [B, T, C], the head's input: forward(tokens)
+  // is lm_head(hidden(tokens)). With chunked_lm_loss it never materialises [B, T, V].
+  torch::Tensor hidden(const torch::Tensor& tokens);
   // Normal(0, init_std) for linear and embedding weights, ones for norms; uses torch's RNG.
   void reset_parameters();
   const ModelConfig& config() const { return config_; }
@@ -109,5 +114,16 @@ struct LossParts {
 // logits [B, T, V], targets i64 [B, T]. The z-loss penalises the squared log-partition function
 // so logits do not drift (PaLM, INTELLECT-1 with weight 2e-4).
 LossParts lm_loss(const torch::Tensor& logits, const torch::Tensor& targets, double z_loss_weight);
+
+// The head and lm_loss together, chunk_tokens rows of [B*T] at a time, so that the logits of at
+// most chunk_tokens tokens exist at once (forward and backward: the backward recomputes each
+// chunk's logits from hidden and keeps only the per-token log-sum-exp between the passes).
+// hidden [B, T, C] (LlamaImpl::hidden), head_weight [V, C] (lm_head->weight), targets i64 [B, T].
+// The head's matmuls run in `compute` (bf16 under train.bf16, as autocast would; default: the
+// hidden's dtype), the softmax and the sums in fp32 (fp64 for fp64 inputs). Equal to
+// lm_loss(lm_head(hidden)) up to rounding, gradients included (tests/unit/model_llama_test.cpp).
+LossParts chunked_lm_loss(const torch::Tensor& hidden, const torch::Tensor& head_weight, const torch::Tensor& targets,
+                          double z_loss_weight, int64_t chunk_tokens,
+                          std::optional<torch::ScalarType> compute = std::nullopt);
 
 }  // namespace meridian::model

@@ -94,7 +94,8 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Config& config, TrainerOp
     t->outer_ = std::make_unique<OuterOptimizer>(named, OuterOptions{t->config_.diloco.outer_lr, t->config_.diloco.outer_momentum});
   if (!t->options_.round_sync) t->options_.round_sync = &t->local_reducer_;
   t->flops_per_token_ = metrics::model_stats(t->config_.model, tc.seq_len).flops_per_token;
-  t->peak_flops_ = t->config_.run.peak_tflops > 0 ? t->config_.run.peak_tflops * 1e12 : measure_matmul_flops(t->device_, tc.bf16);
+  t->peak_measured_ = t->config_.run.peak_tflops <= 0;
+  t->peak_flops_ = t->peak_measured_ ? measure_matmul_flops(t->device_, tc.bf16) : t->config_.run.peak_tflops * 1e12;
 
   MERIDIAN_RETURN_IF_ERROR(t->init_data());
   if (!t->options_.resume.empty()) MERIDIAN_RETURN_IF_ERROR(t->load(t->options_.resume));
@@ -197,6 +198,25 @@ void Trainer::next_batch(const std::function<void(int64_t*, int64_t*)>& fill, to
   targets = targets.to(device_);
 }
 
+model::LossParts Trainer::forward_loss(const torch::Tensor& inputs, const torch::Tensor& targets, double z_loss_weight) {
+  const auto& tc = config_.train;
+  if (tc.loss_chunk_tokens <= 0) {  // the plain path: the logits of the whole micro-batch at once
+    torch::Tensor logits;
+    {
+      AutocastGuard autocast(tc.bf16, device_.is_cuda());
+      logits = model_->forward(inputs);  // f32 [B, T, V]
+    }
+    return model::lm_loss(logits, targets, z_loss_weight);
+  }
+  torch::Tensor hidden;
+  {
+    AutocastGuard autocast(tc.bf16, device_.is_cuda());
+    hidden = model_->hidden(inputs);
+  }
+  return model::chunked_lm_loss(hidden, model_->lm_head->weight, targets, z_loss_weight, tc.loss_chunk_tokens,
+                                tc.bf16 ? std::optional(torch::kBFloat16) : std::nullopt);
+}
+
 StepMetrics Trainer::train_step() {
   const auto& tc = config_.train;
   const auto t0 = Clock::now();
@@ -208,12 +228,7 @@ StepMetrics Trainer::train_step() {
   for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
     torch::Tensor inputs, targets;
     next_train_batch(inputs, targets);
-    torch::Tensor logits;
-    {
-      AutocastGuard autocast(tc.bf16, device_.is_cuda());
-      logits = model_->forward(inputs);  // f32 [B, T, V]
-    }
-    auto loss = model::lm_loss(logits, targets, tc.z_loss_weight);
+    const model::LossParts loss = forward_loss(inputs, targets, tc.z_loss_weight);
     (loss.total / static_cast<double>(tc.grad_accum)).backward();
     loss_sum += loss.ce.item<double>();
     z_sum += loss.z.item<double>();
@@ -247,8 +262,7 @@ std::optional<double> Trainer::evaluate(int64_t batches) {
   for (int64_t i = 0; i < batches; ++i) {
     torch::Tensor inputs, targets;
     next_batch([&](int64_t* in, int64_t* tg) { val_data_->next_batch(config_.train.batch_size, in, tg); }, inputs, targets);
-    AutocastGuard autocast(config_.train.bf16, device_.is_cuda());
-    sum += model::lm_loss(model_->forward(inputs), targets, 0.0).ce.item<double>();
+    sum += forward_loss(inputs, targets, 0.0).ce.item<double>();
   }
   val_data_->set_cursor(saved);
   return sum / static_cast<double>(batches);
@@ -257,9 +271,10 @@ std::optional<double> Trainer::evaluate(int64_t batches) {
 void Trainer::log_step(const StepMetrics& m, double eta_seconds) {
   if (options_.out) {
     std::fprintf(options_.out,
-                 "step %6lld/%lld | loss %.4f | ppl %8.2f | lr %.2e | %7.0f tok/s | MFU %5.1f%% | gnorm %6.3f | ETA %s\n",
+                 "step %6lld/%lld | loss %.4f | ppl %8.2f | lr %.2e | %7.0f tok/s | %s %5.1f%% | gnorm %6.3f | ETA %s\n",
                  static_cast<long long>(m.step), static_cast<long long>(config_.train.steps), m.loss, std::exp(m.loss), m.lr,
-                 m.tokens_per_s, 100.0 * m.mfu, m.grad_norm, format_duration(eta_seconds).c_str());
+                 m.tokens_per_s, peak_measured_ ? "of matmul peak" : "MFU", 100.0 * m.mfu, m.grad_norm,
+                 format_duration(eta_seconds).c_str());
     std::fflush(options_.out);
   }
   nlohmann::ordered_json j;
@@ -273,6 +288,7 @@ void Trainer::log_step(const StepMetrics& m, double eta_seconds) {
   j["step_s"] = m.step_seconds;
   j["tokens_per_s"] = m.tokens_per_s;
   j["mfu"] = m.mfu;
+  j["mfu_peak"] = peak_measured_ ? "measured matmul" : "run.peak_tflops";
   j["tokens_seen"] = tokens_seen_;
   metrics_.write(j.dump());
 }

@@ -108,6 +108,9 @@ class Trainer {
   void next_batch(const std::function<void(int64_t*, int64_t*)>& fill, torch::Tensor& inputs, torch::Tensor& targets);
   void next_train_batch(torch::Tensor& inputs, torch::Tensor& targets);  // mixture, shards or synthetic
   void log_step(const StepMetrics& m, double eta_seconds);
+  // Forward and loss of one micro-batch: the head and loss in chunks of train.loss_chunk_tokens
+  // (model::chunked_lm_loss), or the plain logits when it is 0.
+  model::LossParts forward_loss(const torch::Tensor& inputs, const torch::Tensor& targets, double z_loss_weight);
   Status begin_round();
 
   // The round in progress (diloco.enabled).
@@ -138,6 +141,7 @@ class Trainer {
   int64_t bos_id_ = 0, eos_id_ = 0;  // of data.tokenizer, written into checkpoints' config.json
   double flops_per_token_ = 0;
   double peak_flops_ = 0;
+  bool peak_measured_ = false;  // run.peak_tflops unset: MFU is against a measured matmul rate
   uint64_t synthetic_counter_ = 0;
 };
 

@@ -44,6 +44,8 @@ info)
   check "intellect-1-10b has 10211381248 parameters" contains info.json '"params": 10211381248'
   check "reports FLOPs per token" contains info.json '"flops_per_token"'
   check "reports AdamW state memory" contains info.json '"adamw_state_fp32": 81691049984'
+  check "the head's logits: one chunk of 2048 tokens" contains info.json '"logits_fp32_per_copy": 1050673152'
+  check "  ... against the whole 2 x 8192 micro-batch" contains info.json '"logits_fp32_per_copy_unchunked": 8405385216'
   ;;
 
 bad-config)

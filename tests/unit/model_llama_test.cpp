@@ -218,6 +218,55 @@ TEST(Model, RopeEqualsDirectRotation) {
   }
 }
 
+TEST(ModelGradcheck, ChunkedHeadAndLoss) {
+  torch::manual_seed(6);
+  auto hidden = rand64({2, 9, 8});
+  auto weight = rand64({23, 8});
+  auto targets = torch::randint(23, {2, 9}, torch::kInt64);
+  // 18 tokens in chunks of 4 (the last one short); a large z weight, as above.
+  expect_gradients_match([&] { return chunked_lm_loss(hidden, weight, targets, 0.1, 4).total; }, {hidden, weight},
+                         "chunked head loss");
+  // The metrics' outputs carry gradients too (nothing else may rely on total alone).
+  expect_gradients_match([&] {
+    auto p = chunked_lm_loss(hidden, weight, targets, 0.1, 5);
+    return p.ce * 0.3 + p.z * 0.7;
+  }, {hidden, weight}, "chunked ce and z");
+}
+
+TEST(Model, ChunkedLossEqualsThePlainPath) {
+  for (const auto dtype : {torch::kFloat64, torch::kFloat32}) {
+    torch::manual_seed(10);
+    auto c = small_config(4, 2);
+    Llama plain(c), chunked(c);
+    plain->to(dtype);
+    chunked->to(dtype);
+    {
+      torch::NoGradGuard no_grad;
+      auto from = plain->parameters();
+      auto to = chunked->parameters();
+      for (size_t i = 0; i < from.size(); ++i) to[i].copy_(from[i]);
+    }
+    auto tokens = torch::randint(c.vocab_size, {3, 11}, torch::kInt64);
+    auto targets = torch::randint(c.vocab_size, {3, 11}, torch::kInt64);
+    const LossParts a = lm_loss(plain(tokens), targets, 0.05);
+    const LossParts b = chunked_lm_loss(chunked->hidden(tokens), chunked->lm_head->weight, targets, 0.05, 7);
+    a.total.backward();
+    b.total.backward();
+    const double tol = dtype == torch::kFloat64 ? 1e-12 : 2e-5;
+    EXPECT_NEAR(a.ce.item<double>(), b.ce.item<double>(), tol);
+    EXPECT_NEAR(a.z.item<double>(), b.z.item<double>(), tol * 10);
+    EXPECT_NEAR(a.total.item<double>(), b.total.item<double>(), tol);
+    auto pa = plain->named_parameters();
+    auto pb = chunked->named_parameters();
+    for (const auto& item : pa) {
+      const torch::Tensor ga = item.value().grad(), gb = pb[item.key()].grad();
+      ASSERT_TRUE(ga.defined() && gb.defined()) << item.key();
+      const double scale = std::max(1.0, ga.abs().max().item<double>());
+      EXPECT_LE((ga - gb).abs().max().item<double>(), tol * scale) << item.key() << " in " << c10::toString(dtype);
+    }
+  }
+}
+
 TEST(Model, LossMatchesDirectComputation) {
   torch::manual_seed(9);
   auto logits = torch::randn({2, 3, 5}, torch::kFloat64) * 3;

@@ -223,7 +223,8 @@ TEST(StateSyncElection, WithNoVoterTheNewestNonEmptyStateWins) {
   EXPECT_EQ(e.missing_on(2), (std::vector<size_t>{0}));
   EXPECT_TRUE(e.forked.empty());
   // Nobody holds anything: nothing is elected.
-  const ElectedHashes none = elect({{.peer = 3, .votes = false}, {.peer = 4, .votes = false}});
+  const ElectedHashes none = elect({{.peer = 3, .votes = false, .buffers = {}},
+                                     {.peer = 4, .votes = false, .buffers = {}}});
   EXPECT_TRUE(none.buffers.empty());
   EXPECT_EQ(none.revision, 0u);
 }
