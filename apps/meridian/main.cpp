@@ -33,6 +33,7 @@
 #include "data/tokenizer.h"
 #include "io/checkpoint.h"
 #include "meridian/coordinator_cmd.h"
+#include "meridian/local_launch.h"
 #include "io/safetensors.h"
 #include "metrics/model_stats.h"
 #include "net/membership/wire.h"
@@ -119,7 +120,7 @@ void watch_stop_signals() {
   }).detach();
 }
 
-int cmd_train(const ConfigArgs& args, const std::string& resume, const JoinArgs& join) {
+int cmd_train(const ConfigArgs& args, const std::string& resume, const JoinArgs& join, char** argv) {
   std::string checkpoint;
   Result<Config> config = Status::error("unset");
   if (!resume.empty()) {
@@ -132,6 +133,14 @@ int cmd_train(const ConfigArgs& args, const std::string& resume, const JoinArgs&
   }
   if (!config) return fail(config.status());
 
+  // train.nproc_per_node > 1: this process launches the node's local ranks and waits for them.
+  const LocalRank local = local_rank_from_env();
+  const int nproc = static_cast<int>(config->train.nproc_per_node);
+  if (nproc > 1 && local.rendezvous.empty()) return launch_local_ranks(nproc, config->run.dir, argv);
+  if (!local.rendezvous.empty() && local.world != nproc)
+    return fail(Status::error(fmt::format("local rank {} was started for {} ranks, but train.nproc_per_node is {}", local.rank, local.world, nproc),
+                              "start the ranks with `meridian train --nproc-per-node G`, not by hand"));
+
   std::printf("# meridian train: resolved config (hash %s)\n%s\n", config_hash(config.value()).c_str(), to_toml(config.value()).c_str());
   const auto stats = metrics::model_stats(config->model, config->train.seq_len);
   std::printf("# model %s: %.3fM parameters, %.3g FLOPs/token\n", config->model.name.c_str(), stats.params_total / 1e6, stats.flops_per_token);
@@ -140,6 +149,16 @@ int cmd_train(const ConfigArgs& args, const std::string& resume, const JoinArgs&
   train::TrainerOptions options;
   options.resume = checkpoint;
   options.stop = &g_stop;
+  std::unique_ptr<train::LocalGroup> group;
+  if (nproc > 1) {
+    const char* timeout = std::getenv("MERIDIAN_LOCAL_RENDEZVOUS_TIMEOUT_MS");
+    auto connected = train::LocalGroup::connect(local.rendezvous, local.rank, nproc,
+                                                std::chrono::milliseconds(timeout ? std::atoll(timeout) : 60'000));
+    if (!connected) return fail(connected.status());
+    group = std::move(connected.value());
+    options.local_group = group.get();
+    std::printf("# local rank %d of %d: model sharded across the node's ranks (FSDP over Gloo)\n", local.rank, nproc);
+  }
   std::unique_ptr<train::ElasticRounds> rounds;
   if (!join.coordinator.empty()) {
     if (!config->diloco.enabled)
@@ -307,6 +326,9 @@ int main(int argc, char** argv) {
   auto* train = app.add_subcommand("train", "train a model (the embedded demo config by default)");
   add_config_args(train, train_args);
   train->add_option("--resume", resume, "continue from a checkpoint or run directory");
+  int64_t nproc_per_node = 0;
+  train->add_option("--nproc-per-node", nproc_per_node, "local ranks, one process each, that shard the model (train.nproc_per_node)")
+      ->check(CLI::Range(1, 64));
   JoinArgs join;
   train->add_option("--coordinator", join.coordinator, "HOST:PORT of the run's coordinator: train as one DiLoCo node of it");
   train->add_option("--token-file", join.token_file, "file holding the run token (with --coordinator)");
@@ -367,8 +389,9 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     if (*train) {
-      watch_stop_signals();
-      return cmd_train(train_args, resume, join);
+      if (nproc_per_node > 0) train_args.overrides.push_back("train.nproc_per_node=" + std::to_string(nproc_per_node));
+      watch_stop_signals();  // a launcher of local ranks replaces the handlers with its own
+      return cmd_train(train_args, resume, join, argv);
     }
     if (*info) return cmd_info(info_model, info_config);
     if (*tokenize) return cmd_tokenize(tok_inputs, tok_output, tok_name, tok_options);

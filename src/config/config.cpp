@@ -294,6 +294,7 @@ Status validate(const Config& c) {
   need(t.grad_clip >= 0, "train.grad_clip must be >= 0 (0 turns clipping off)");
   need(t.z_loss_weight >= 0, "train.z_loss_weight must be >= 0");
   need(t.threads >= 0, "train.threads must be >= 0");
+  need(t.nproc_per_node >= 1 && t.nproc_per_node <= 64, "train.nproc_per_node must be in 1..64");
   need(t.device == "cpu" || t.device == "cuda", fmt::format("train.device must be cpu or cuda, got '{}'", t.device));
   need(t.log_every > 0, "train.log_every must be > 0");
   need(t.eval_every >= 0 && t.eval_batches >= 0, "train.eval_every and train.eval_batches must be >= 0");

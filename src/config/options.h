@@ -20,7 +20,8 @@
 #define MERIDIAN_TRAIN_OPTIONS(X)                                                                  \
   X(int64_t, steps, 300, "steps", "total optimizer steps (the schedule spans them)")               \
   X(int64_t, stop_at_step, 0, "steps", "stop early after this step, keeping the schedule (0: run all)") \
-  X(int64_t, batch_size, 16, "sequences", "micro-batch size B")                                   \
+  X(int64_t, batch_size, 16, "sequences", "micro-batch size B (per local rank)")                  \
+  X(int64_t, nproc_per_node, 1, "ranks", "local ranks of this node, one process each, sharding the model (FSDP)") \
   X(int64_t, grad_accum, 1, "micro-batches", "micro-batches accumulated per optimizer step")      \
   X(int64_t, seq_len, 128, "tokens", "sequence length T")                                          \
   X(double, lr, 3e-3, "", "peak learning rate")                                                    \

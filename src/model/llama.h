@@ -97,6 +97,7 @@ class LlamaImpl : public torch::nn::Module {
   // Normal(0, init_std) for linear and embedding weights, ones for norms; uses torch's RNG.
   void reset_parameters();
   const ModelConfig& config() const { return config_; }
+  const RopeTables& rope() const { return rope_; }
 
   Decoder model{nullptr};
   torch::nn::Linear lm_head{nullptr};

@@ -33,6 +33,7 @@ class AdamW {
   void step(double lr);
   void zero_grad();
   int64_t step_count() const { return step_; }
+  void set_step_count(int64_t step) { step_ = step; }
 
   // "exp_avg.<param>" and "exp_avg_sq.<param>" for every parameter (views of the live state).
   NamedTensors state() const;

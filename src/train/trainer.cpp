@@ -76,8 +76,10 @@ Trainer::Trainer(const Config& config, TrainerOptions options) : config_(config)
 Result<std::unique_ptr<Trainer>> Trainer::create(const Config& config, TrainerOptions options) {
   std::unique_ptr<Trainer> t(new Trainer(config, std::move(options)));
   const auto& tc = t->config_.train;
+  const int G = t->local_world();
+  // The cores are split among the local ranks unless train.threads says otherwise.
   torch::set_num_threads(tc.threads > 0 ? static_cast<int>(tc.threads)
-                                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+                                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(G))));
   torch::manual_seed(static_cast<uint64_t>(tc.seed));
   if (t->config_.train.device == "cuda") {
     if (!torch::cuda::is_available())
@@ -86,9 +88,20 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Config& config, TrainerOp
   }
   t->model_ = model::Llama(t->config_.model);  // initialised on the CPU so the init is device-independent
   t->model_->to(t->device_);
-  for (auto& p : t->model_->parameters()) t->params_.push_back(p);
   NamedTensors named;
-  for (auto& item : t->model_->named_parameters()) named.emplace_back(item.key(), item.value());
+  if (G > 1) {
+    if (t->config_.diloco.enabled)
+      return Status::error("diloco.enabled with train.nproc_per_node > 1 is not supported yet (the outer step is not sharded)",
+                           "train DiLoCo nodes with train.nproc_per_node=1, or train without DiLoCo on this node");
+    if (t->device_.is_cuda())
+      return Status::error("train.nproc_per_node > 1 on CUDA is not supported yet (the local group is Gloo on the CPU)",
+                           "set train.device=cpu, or train.nproc_per_node=1");
+    t->fsdp_ = std::make_unique<ShardedModel>(t->model_, *t->options_.local_group);
+    named = t->fsdp_->shards();
+  } else {
+    for (auto& item : t->model_->named_parameters()) named.emplace_back(item.key(), item.value());
+  }
+  for (auto& [name, p] : named) t->params_.push_back(p);
   t->optimizer_ = std::make_unique<AdamW>(named, AdamWOptions{tc.beta1, tc.beta2, tc.eps, tc.weight_decay});
   if (t->config_.diloco.enabled)
     t->outer_ = std::make_unique<OuterOptimizer>(named, OuterOptions{t->config_.diloco.outer_lr, t->config_.diloco.outer_momentum});
@@ -98,9 +111,10 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Config& config, TrainerOp
   t->peak_flops_ = t->peak_measured_ ? measure_matmul_flops(t->device_, tc.bf16) : t->config_.run.peak_tflops * 1e12;
 
   MERIDIAN_RETURN_IF_ERROR(t->init_data());
+  if (G > 1) t->set_data_shard(t->options_.local_group->rank(), G);  // each rank its rows of the global batch
   if (!t->options_.resume.empty()) MERIDIAN_RETURN_IF_ERROR(t->load(t->options_.resume));
 
-  if (t->options_.write_run_dir) {
+  if (t->writes_run_dir()) {
     std::error_code ec;
     const fs::path latest = fs::path(t->config_.run.dir) / "checkpoints" / "latest";
     if (t->options_.resume.empty() && fs::exists(latest, ec))
@@ -204,14 +218,14 @@ model::LossParts Trainer::forward_loss(const torch::Tensor& inputs, const torch:
     torch::Tensor logits;
     {
       AutocastGuard autocast(tc.bf16, device_.is_cuda());
-      logits = model_->forward(inputs);  // f32 [B, T, V]
+      logits = fsdp_ ? model_->lm_head(fsdp_->hidden(inputs)).to(torch::kFloat) : model_->forward(inputs);  // f32 [B, T, V]
     }
     return model::lm_loss(logits, targets, z_loss_weight);
   }
   torch::Tensor hidden;
   {
     AutocastGuard autocast(tc.bf16, device_.is_cuda());
-    hidden = model_->hidden(inputs);
+    hidden = fsdp_ ? fsdp_->hidden(inputs) : model_->hidden(inputs);
   }
   return model::chunked_lm_loss(hidden, model_->lm_head->weight, targets, z_loss_weight, tc.loss_chunk_tokens,
                                 tc.bf16 ? std::optional(torch::kBFloat16) : std::nullopt);
@@ -233,22 +247,28 @@ StepMetrics Trainer::train_step() {
     loss_sum += loss.ce.item<double>();
     z_sum += loss.z.item<double>();
   }
+  const int G = local_world();
+  if (fsdp_) {  // the root unit's gradients; the step's loss is the mean over the ranks' rows
+    fsdp_->finish_backward();
+    loss_sum = options_.local_group->all_reduce_sum(loss_sum) / G;
+    z_sum = options_.local_group->all_reduce_sum(z_sum) / G;
+  }
 
-  // Clip, then the AdamW step with this step's learning rate.
+  // Clip (the norm over every rank's shards), then the AdamW step with this step's learning rate.
   StepMetrics m;
   m.step = step_ + 1;
-  m.grad_norm = clip_grad_norm(params_, tc.grad_clip);
+  m.grad_norm = fsdp_ ? fsdp_->clip_grad_norm(tc.grad_clip) : clip_grad_norm(params_, tc.grad_clip);
   m.lr = wsd_lr(tc, m.step);
   optimizer_->step(m.lr);
   step_ = m.step;
 
-  const int64_t tokens = tc.batch_size * tc.seq_len * tc.grad_accum;
+  const int64_t tokens = tc.batch_size * tc.seq_len * tc.grad_accum * G;
   tokens_seen_ += tokens;
   m.loss = loss_sum / static_cast<double>(tc.grad_accum);
   m.z_loss = z_sum / static_cast<double>(tc.grad_accum);
   m.step_seconds = seconds_since(t0);
   m.tokens_per_s = static_cast<double>(tokens) / m.step_seconds;
-  m.mfu = flops_per_token_ * m.tokens_per_s / peak_flops_;
+  m.mfu = flops_per_token_ * m.tokens_per_s / (peak_flops_ * G);  // each rank measured its own share of the cores
   return m;
 }
 
@@ -265,6 +285,7 @@ std::optional<double> Trainer::evaluate(int64_t batches) {
     sum += forward_loss(inputs, targets, 0.0).ce.item<double>();
   }
   val_data_->set_cursor(saved);
+  if (fsdp_) fsdp_->release_root();
   return sum / static_cast<double>(batches);
 }
 
@@ -313,7 +334,10 @@ Result<TrainSummary> Trainer::run() {
     first = false;
     round_open_ = false;
     if (step_ >= last) break;
-    if (options_.stop && options_.stop->load()) {
+    bool stop = options_.stop && options_.stop->load();
+    // The local ranks stop together, at the same step, whichever of them got the signal.
+    if (fsdp_) stop = options_.local_group->all_reduce_sum(stop ? 1.0 : 0.0) > 0;
+    if (stop) {
       summary.interrupted = true;
       if (options_.write_run_dir) {
         auto saved = save_checkpoint();
@@ -472,10 +496,32 @@ void Trainer::set_data_shard(int rank, int world) {
   if (train_data_) train_data_->set_shard(rank, world);
 }
 
+std::vector<std::pair<std::string, torch::Tensor>> Trainer::full_parameters() {
+  if (fsdp_) return fsdp_->gather_named(fsdp_->shard_tensors());
+  io::NamedTensors out;
+  for (auto& item : model_->named_parameters()) out.emplace_back(item.key(), item.value());
+  return out;
+}
+
+// AdamW's state() lists every slot's exp_avg, then every exp_avg_sq; with G > 1 the slots are
+// the units' shards, gathered here into the names a G = 1 run writes.
+std::vector<std::pair<std::string, torch::Tensor>> Trainer::full_optimizer_state() {
+  if (!fsdp_) return optimizer_->state();
+  const NamedTensors state = optimizer_->state();
+  const size_t units = state.size() / 2;
+  io::NamedTensors out;
+  for (const char* moment : {"exp_avg.", "exp_avg_sq."}) {
+    std::vector<torch::Tensor> shards;
+    const size_t first = std::string(moment) == "exp_avg." ? 0 : units;
+    for (size_t i = 0; i < units; ++i) shards.push_back(state[first + i].second);
+    for (auto& [name, t] : fsdp_->gather_named(shards)) out.emplace_back(moment + name, t);
+  }
+  return out;
+}
+
 Result<std::string> Trainer::save_checkpoint() {
-  io::NamedTensors model;
-  for (auto& item : model_->named_parameters()) model.emplace_back(item.key(), item.value());
-  io::NamedTensors state = optimizer_->state();
+  io::NamedTensors model = full_parameters();
+  io::NamedTensors state = full_optimizer_state();
   state.emplace_back("rng.torch_cpu", rng_state());
   if (outer_)
     for (auto& item : outer_->state()) state.push_back(item);
@@ -492,7 +538,16 @@ Result<std::string> Trainer::save_checkpoint() {
     meta["meridian.data_epoch"] = std::to_string(train_data_->cursor().epoch);
     meta["meridian.data_position"] = std::to_string(train_data_->cursor().position);
   }
-  return io::save_checkpoint(config_.run.dir, step_, config_.model, model, state, meta, config_.train.keep_checkpoints);
+  if (!fsdp_) return io::save_checkpoint(config_.run.dir, step_, config_.model, model, state, meta, config_.train.keep_checkpoints);
+  // Local rank 0 writes the whole (consolidated) checkpoint; the others wait for it.
+  const bool writer = options_.local_group->rank() == 0;
+  Result<std::string> saved = writer ? io::save_checkpoint(config_.run.dir, step_, config_.model, model, state, meta,
+                                                           config_.train.keep_checkpoints)
+                                     : Result<std::string>(std::string());
+  const bool ok = options_.local_group->all_reduce_sum(writer && !saved ? 1.0 : 0.0) == 0;
+  if (!ok && !writer)
+    return Status::error("local rank 0 could not save the checkpoint of step " + std::to_string(step_), "see local rank 0's error");
+  return saved;
 }
 
 Status Trainer::load(const std::string& checkpoint_dir) {
@@ -515,7 +570,10 @@ Status Trainer::load(const std::string& checkpoint_dir) {
   // Weights: every parameter must be present with the same shape.
   torch::NoGradGuard no_grad;
   std::map<std::string, torch::Tensor> weights(ck.model.begin(), ck.model.end());
+  // With G > 1 the module's parameters are freed between uses: ShardedModel::scatter_named
+  // checks names and shapes below.
   for (auto& item : model_->named_parameters()) {
+    if (fsdp_) break;
     auto it = weights.find(item.key());
     if (it == weights.end()) return Status::error(checkpoint_dir + "/model.safetensors: missing tensor '" + item.key() + "'");
     if (it->second.sizes() != item.value().sizes())
@@ -525,8 +583,26 @@ Status Trainer::load(const std::string& checkpoint_dir) {
   }
   auto opt_step = meta("meridian.optimizer_step");
   if (!opt_step) return opt_step.status();
-  const std::string err = optimizer_->load_state(ck.state, opt_step.value());
-  if (!err.empty()) return Status::error(checkpoint_dir + "/state.safetensors: " + err);
+  if (fsdp_) {  // this rank's slices of the consolidated tensors (any G, or a G = 1 checkpoint)
+    std::string err = fsdp_->scatter_named(ck.model, fsdp_->shard_tensors());
+    const NamedTensors live = optimizer_->state();  // views: exp_avg of every unit, then exp_avg_sq
+    const size_t units = live.size() / 2;
+    for (const std::string moment : {"exp_avg.", "exp_avg_sq."}) {
+      if (!err.empty()) break;
+      io::NamedTensors full;
+      for (const auto& [name, t] : ck.state)
+        if (name.rfind(moment, 0) == 0) full.emplace_back(name.substr(moment.size()), t);
+      std::vector<torch::Tensor> shards;
+      for (size_t i = 0; i < units; ++i) shards.push_back(live[(moment == "exp_avg." ? 0 : units) + i].second);
+      err = fsdp_->scatter_named(full, shards);
+      if (!err.empty()) err = "optimizer state (" + moment + "): " + err;
+    }
+    if (!err.empty()) return Status::error(checkpoint_dir + ": " + err);
+    optimizer_->set_step_count(opt_step.value());
+  } else {
+    const std::string err = optimizer_->load_state(ck.state, opt_step.value());
+    if (!err.empty()) return Status::error(checkpoint_dir + "/state.safetensors: " + err);
+  }
   for (const auto& [name, t] : ck.state)
     if (name == "rng.torch_cpu") set_rng_state(t);
   if (outer_) {
@@ -568,10 +644,9 @@ Status Trainer::load(const std::string& checkpoint_dir) {
   return Status::ok();
 }
 
-std::string Trainer::state_hash() const {
-  io::NamedTensors all;
-  for (auto& item : model_->named_parameters()) all.emplace_back(item.key(), item.value());
-  for (auto& item : optimizer_->state()) all.push_back(item);
+std::string Trainer::state_hash() {
+  io::NamedTensors all = full_parameters();
+  for (auto& item : full_optimizer_state()) all.push_back(item);
   if (outer_)
     for (auto& item : outer_->state()) all.push_back(item);
   const auto cursor = train_data_ ? train_data_->cursor() : data::LoaderCursor{};

@@ -24,6 +24,7 @@
 #include "metrics/jsonl.h"
 #include "model/llama.h"
 #include "train/diloco.h"
+#include "train/fsdp.h"
 #include "train/optimizer.h"
 
 namespace meridian::train {
@@ -62,6 +63,10 @@ struct TrainerOptions {
   RoundSync* round_sync = nullptr;
   // Raised (by a signal handler) to stop after the current step with a checkpoint.
   const std::atomic<bool>* stop = nullptr;
+  // The other local ranks of this node (train.nproc_per_node > 1): the model is sharded across
+  // them (train/fsdp.h), each trains on its rows of the global batch; only rank 0 writes the run
+  // directory. nullptr: one process holds the whole model.
+  LocalGroup* local_group = nullptr;
 };
 
 class Trainer {
@@ -81,7 +86,7 @@ class Trainer {
   Status outer_step();
 
   // XXH3-128 of every parameter, optimizer moment, the step and the data cursor.
-  std::string state_hash() const;
+  std::string state_hash();  // with G > 1 every local rank must call it (it gathers)
 
   // For RoundSync implementations (DiLoCo across nodes): the run's state every node holds alike
   // (outer optimizer, counters, data cursor) and this node's own (the inner optimizer).
@@ -112,6 +117,11 @@ class Trainer {
   // (model::chunked_lm_loss), or the plain logits when it is 0.
   model::LossParts forward_loss(const torch::Tensor& inputs, const torch::Tensor& targets, double z_loss_weight);
   Status begin_round();
+  // Every parameter and AdamW moment under its full name (gathered from the shards with G > 1).
+  std::vector<std::pair<std::string, torch::Tensor>> full_parameters();
+  std::vector<std::pair<std::string, torch::Tensor>> full_optimizer_state();
+  bool writes_run_dir() const { return options_.write_run_dir && (!options_.local_group || options_.local_group->rank() == 0); }
+  int local_world() const { return options_.local_group ? options_.local_group->size() : 1; }
 
   // The round in progress (diloco.enabled).
   struct Round {
@@ -127,6 +137,7 @@ class Trainer {
   torch::Device device_{torch::kCPU};
   model::Llama model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<ShardedModel> fsdp_;  // local_group of more than one rank
   std::unique_ptr<OuterOptimizer> outer_;  // set when diloco.enabled
   LocalReducer local_reducer_;
   Round round_;
