@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -106,13 +107,15 @@ int launch_local_ranks(int world, const std::string& run_dir, char** argv) {
         if (p > 0) ::kill(p, sig);
     }
     int status = 0;
-    const pid_t pid = ::waitpid(-1, &status, WNOHANG);
+    struct rusage usage {};
+    const pid_t pid = ::wait4(-1, &status, WNOHANG, &usage);
     if (pid > 0) {
       for (int r = 0; r < world; ++r) {
         if (pids[static_cast<size_t>(r)] != pid) continue;
         pids[static_cast<size_t>(r)] = -1;
         --running;
         const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        if (ok) std::printf("# local rank %d: peak resident memory %.1f MB\n", r, static_cast<double>(usage.ru_maxrss) / 1024.0);
         if (!ok && !stopping) {
           std::fprintf(stderr, "error: local rank %d (pid %d) ended with %s; stopping the node's other %d rank(s)\n", r, pid,
                        describe(status).c_str(), running);

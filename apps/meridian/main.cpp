@@ -221,14 +221,16 @@ int cmd_train(const ConfigArgs& args, const std::string& resume, const JoinArgs&
   return 0;
 }
 
-int cmd_info(const std::string& model_name, const std::string& config_file) {
+int cmd_info(const std::string& model_name, const std::string& config_file, std::vector<std::string> overrides, int64_t nproc) {
   ConfigArgs args;
   if (!config_file.empty()) args.config_file = config_file;
   else args.preset = model_name;
+  args.overrides = std::move(overrides);
+  if (nproc > 0) args.overrides.push_back("train.nproc_per_node=" + std::to_string(nproc));
   auto config = resolve_config(args, "demo");
   if (!config) return fail(config.status());
   const auto stats = metrics::model_stats(config->model, config->train.seq_len);
-  std::printf("%s\n", metrics::model_stats_json(config->model, stats, config->train).c_str());
+  std::printf("%s\n", metrics::model_stats_json(config->model, stats, config->train, config->diloco.enabled).c_str());
   return 0;
 }
 
@@ -339,6 +341,10 @@ int main(int argc, char** argv) {
   auto* info = app.add_subcommand("info", "parameter count, FLOPs per token and memory of a model, as JSON");
   info->add_option("--model", info_model, "preset name: " + fmt::format("{}", fmt::join(preset_names(), ", ")));
   info->add_option("--config", info_config, "or a TOML config file");
+  std::vector<std::string> info_overrides;
+  int64_t info_nproc = 0;
+  info->add_option("--set", info_overrides, "override one option, key=value (repeatable): train.batch_size, train.bf16, ...");
+  info->add_option("--nproc-per-node", info_nproc, "plan the memory of one of G local ranks (train.nproc_per_node)")->check(CLI::Range(1, 64));
 
   std::vector<std::string> tok_inputs;
   std::string tok_output, tok_name = "bytes";
@@ -393,7 +399,7 @@ int main(int argc, char** argv) {
       watch_stop_signals();  // a launcher of local ranks replaces the handlers with its own
       return cmd_train(train_args, resume, join, argv);
     }
-    if (*info) return cmd_info(info_model, info_config);
+    if (*info) return cmd_info(info_model, info_config, info_overrides, info_nproc);
     if (*tokenize) return cmd_tokenize(tok_inputs, tok_output, tok_name, tok_options);
     if (*bench_step) {
       if (!bench_model.empty()) bench_args.preset = bench_model;

@@ -33,7 +33,27 @@ struct HeadActivations {
 };
 HeadActivations head_activations(const ModelConfig& model, const TrainConfig& train);
 
-// model_stats(model, train.seq_len) and head_activations as JSON (`meridian info`).
-std::string model_stats_json(const ModelConfig& model, const ModelStats& stats, const TrainConfig& train);
+// What one local rank holds with train.nproc_per_node = G (train/fsdp.h), in bytes: an estimate
+// from the shapes, for planning (`meridian info --nproc-per-node G`). G = 1 is the plain trainer.
+struct RankPlan {
+  int64_t ranks = 1;
+  int64_t parameters = 0, gradients = 0, adamw_state = 0;  // this rank's fp32 shards
+  // G > 1: the root unit (embedding, final norm, head) gathered through the step, and one block
+  // gathered in its backward, each with its full gradients and the flat reduce-scatter buffer.
+  int64_t gathered_root = 0, gathered_block = 0;
+  // Saved for the backward at train.batch_size x train.seq_len: every block's output with G > 1
+  // (blocks are recomputed) plus one block's autograd tensors, or every block's with G = 1; the
+  // head's logits (two chunk copies) and its input. In bf16 under train.bf16.
+  int64_t activations = 0, head = 0;
+  // Not in activations: the T x T attention scores an unfused attention (libtorch 1.13) keeps
+  // per block, besides the above (fused attention on libtorch >= 2 keeps none).
+  int64_t attention_scores_unfused = 0;
+  int64_t device_total = 0;
+  int64_t outer_cpu = 0;  // diloco.enabled: the fp32 outer copy and momentum of the shard, in CPU memory
+};
+RankPlan rank_plan(const ModelConfig& model, const TrainConfig& train, bool diloco);
+
+// model_stats(model, train.seq_len), head_activations and rank_plan as JSON (`meridian info`).
+std::string model_stats_json(const ModelConfig& model, const ModelStats& stats, const TrainConfig& train, bool diloco = false);
 
 }  // namespace meridian::metrics

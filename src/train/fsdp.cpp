@@ -46,6 +46,20 @@ void LocalGroup::all_gather(const torch::Tensor& shard, torch::Tensor& full) {
   pg_->allgather(output, input)->wait();
 }
 
+void LocalGroup::gather_to_rank0(const torch::Tensor& shard, torch::Tensor& full) {
+  const int64_t n = shard.numel();
+  std::vector<at::Tensor> input = {shard.detach().contiguous()};
+  std::vector<std::vector<at::Tensor>> output;
+  if (rank_ == 0) {
+    MERIDIAN_ASSERT(full.numel() == n * size_, "gather: full has {} values, needs {}", full.numel(), n * size_);
+    output.emplace_back();
+    for (int r = 0; r < size_; ++r) output[0].push_back(full.narrow(0, r * n, n));
+  }
+  c10d::GatherOptions options;
+  options.rootRank = 0;
+  pg_->gather(output, input, options)->wait();
+}
+
 void LocalGroup::reduce_scatter_mean(torch::Tensor& full, torch::Tensor& shard) {
   const int64_t n = shard.numel();
   MERIDIAN_ASSERT(full.numel() == n * size_, "reduce_scatter: full has {} values, needs {}", full.numel(), n * size_);
@@ -79,20 +93,29 @@ struct ShardedModel::Unit {
   std::vector<Param> params;
   int64_t padded = 0;       // numel of all params, rounded up to a multiple of G
   torch::Tensor shard;      // f32 [padded / G], a leaf: AdamW's parameter
-  torch::Tensor full;       // f32 [padded] while gathered
+  // f32 [padded]: the gathered parameters, then the flat gradients. The blocks (one gathered at
+  // a time) share theirs, so a step allocates no new buffers and the heap does not fragment.
+  std::shared_ptr<std::pair<torch::Tensor, torch::Tensor>> buffers;
   bool gathered = false;
 };
 
 namespace {
 
-torch::Tensor flatten(const std::vector<ShardedModel::Unit::Param>& params, int64_t padded,
-                      const std::function<torch::Tensor(const ShardedModel::Unit::Param&)>& value,
-                      const torch::TensorOptions& options) {
-  torch::Tensor flat = torch::zeros({padded}, options);
+// Writes the params' values (or zeros where undefined) into flat [padded], zero padding included.
+void flatten_into(torch::Tensor& flat, const std::vector<ShardedModel::Unit::Param>& params,
+                  const std::function<torch::Tensor(const ShardedModel::Unit::Param&)>& value) {
+  flat.zero_();
   for (const auto& p : params) {
     const torch::Tensor v = value(p);
     if (v.defined()) flat.narrow(0, p.offset, p.numel).copy_(v.reshape({-1}));
   }
+}
+
+torch::Tensor flatten(const std::vector<ShardedModel::Unit::Param>& params, int64_t padded,
+                      const std::function<torch::Tensor(const ShardedModel::Unit::Param&)>& value,
+                      const torch::TensorOptions& options) {
+  torch::Tensor flat = torch::empty({padded}, options);
+  flatten_into(flat, params, value);
   return flat;
 }
 
@@ -117,6 +140,7 @@ ShardedModel::ShardedModel(model::Llama model, LocalGroup& group) : model_(std::
     u.params.push_back({item.key(), t, t.sizes().vec(), offset, t.numel()});
   }
   const int64_t G = group_.size();
+  std::shared_ptr<std::pair<torch::Tensor, torch::Tensor>> block_buffers;
   for (auto& u : units_) {
     const int64_t total = u->params.back().offset + u->params.back().numel;
     u->padded = (total + G - 1) / G * G;
@@ -124,6 +148,16 @@ ShardedModel::ShardedModel(model::Llama model, LocalGroup& group) : model_(std::
     torch::Tensor flat = flatten(u->params, u->padded, [](const Unit::Param& p) { return p.tensor; }, options);
     const int64_t n = u->padded / G;
     u->shard = flat.narrow(0, group_.rank() * n, n).clone().set_requires_grad(true);
+    const bool block = u.get() != units_[0].get();
+    if (!block || !block_buffers) {
+      auto buffers = std::make_shared<std::pair<torch::Tensor, torch::Tensor>>(torch::empty({u->padded}, options),
+                                                                               torch::empty({u->padded}, options));
+      if (block) block_buffers = buffers;
+      u->buffers = buffers;
+    } else {
+      u->buffers = block_buffers;  // every block has the same shape
+    }
+    MERIDIAN_ASSERT(u->buffers->first.numel() == u->padded, "fsdp: blocks of different sizes");
     u->gathered = true;  // the module holds the full parameters until now
     release(*u);
   }
@@ -146,9 +180,9 @@ std::vector<torch::Tensor> ShardedModel::shard_tensors() const {
 void ShardedModel::gather(Unit& unit) {
   if (unit.gathered) return;
   torch::NoGradGuard no_grad;
-  unit.full = torch::empty({unit.padded}, unit.shard.options().requires_grad(false));
-  group_.all_gather(unit.shard, unit.full);
-  for (auto& p : unit.params) p.tensor.set_data(unit.full.narrow(0, p.offset, p.numel).view(p.shape));
+  torch::Tensor& full = unit.buffers->first;
+  group_.all_gather(unit.shard, full);
+  for (auto& p : unit.params) p.tensor.set_data(full.narrow(0, p.offset, p.numel).view(p.shape));
   unit.gathered = true;
 }
 
@@ -158,15 +192,14 @@ void ShardedModel::release(Unit& unit) {
     p.tensor.set_data(torch::empty({0}, unit.shard.options().requires_grad(false)));
     p.tensor.mutable_grad() = torch::Tensor();
   }
-  unit.full = torch::Tensor();
   unit.gathered = false;
 }
 
 void ShardedModel::reduce_grads(Unit& unit, const std::vector<torch::Tensor>& grads) {
   torch::NoGradGuard no_grad;
   size_t i = 0;
-  torch::Tensor flat = flatten(unit.params, unit.padded, [&](const Unit::Param&) { return grads[i++]; },
-                               unit.shard.options().requires_grad(false));
+  torch::Tensor& flat = unit.buffers->second;
+  flatten_into(flat, unit.params, [&](const Unit::Param&) { return grads[i++]; });
   torch::Tensor mine = torch::empty_like(unit.shard, unit.shard.options().requires_grad(false));
   group_.reduce_scatter_mean(flat, mine);
   torch::Tensor& g = unit.shard.mutable_grad();
@@ -233,13 +266,16 @@ std::vector<std::pair<std::string, torch::Tensor>> ShardedModel::gather_named(co
   MERIDIAN_ASSERT(unit_shards.size() == units_.size(), "gather_named: {} shards for {} units", unit_shards.size(), units_.size());
   torch::NoGradGuard no_grad;
   std::map<std::string, torch::Tensor> by_name;
+  const bool root = group_.rank() == 0;
   for (size_t u = 0; u < units_.size(); ++u) {
-    torch::Tensor full = torch::empty({units_[u]->padded}, unit_shards[u].options().requires_grad(false));
-    group_.all_gather(unit_shards[u], full);
+    torch::Tensor full = root ? torch::empty({units_[u]->padded}, unit_shards[u].options().requires_grad(false)) : torch::Tensor();
+    group_.gather_to_rank0(unit_shards[u], full);
+    if (!root) continue;
     for (const auto& p : units_[u]->params) by_name[p.name] = full.narrow(0, p.offset, p.numel).view(p.shape);
   }
-  // In the module's order, as named_parameters() lists them.
   std::vector<std::pair<std::string, torch::Tensor>> out;
+  if (!root) return out;
+  // In the module's order, as named_parameters() lists them.
   for (auto& item : model_->named_parameters()) out.emplace_back(item.key(), by_name.at(item.key()));
   return out;
 }

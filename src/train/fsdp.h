@@ -48,6 +48,8 @@ class LocalGroup {
 
   // shard [n] -> full [size * n], rank r's shard at r * n.
   void all_gather(const torch::Tensor& shard, torch::Tensor& full);
+  // The same, but only rank 0 receives: `full` is written on rank 0 and untouched elsewhere.
+  void gather_to_rank0(const torch::Tensor& shard, torch::Tensor& full);
   // full [size * n] -> shard [n] = (sum over ranks of full) [rank * n, (rank + 1) * n) / size.
   void reduce_scatter_mean(torch::Tensor& full, torch::Tensor& shard);
   void all_reduce_sum(torch::Tensor& t);  // in place, every rank gets the same sum
@@ -78,7 +80,8 @@ class ShardedModel {
   void release_root();  // after a forward without backward (evaluation)
 
   // Full named tensors from per-unit shards laid out like shards() (parameters, or AdamW
-  // moments): every rank takes part, every rank gets the result.
+  // moments): every rank takes part; rank 0 gets the result, the others an empty list (so that
+  // a checkpoint costs the whole model's memory on one rank only).
   std::vector<std::pair<std::string, torch::Tensor>> gather_named(const std::vector<torch::Tensor>& unit_shards);
   // The inverse: this rank's slice of full named tensors (by parameter name) into unit_shards.
   std::string scatter_named(const std::vector<std::pair<std::string, torch::Tensor>>& full,

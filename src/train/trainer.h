@@ -86,7 +86,8 @@ class Trainer {
   Status outer_step();
 
   // XXH3-128 of every parameter, optimizer moment, the step and the data cursor.
-  std::string state_hash();  // with G > 1 every local rank must call it (it gathers)
+  // With G > 1 every local rank must call it (it gathers); only rank 0's covers the whole state.
+  std::string state_hash();
 
   // For RoundSync implementations (DiLoCo across nodes): the run's state every node holds alike
   // (outer optimizer, counters, data cursor) and this node's own (the inner optimizer).
@@ -117,7 +118,8 @@ class Trainer {
   // (model::chunked_lm_loss), or the plain logits when it is 0.
   model::LossParts forward_loss(const torch::Tensor& inputs, const torch::Tensor& targets, double z_loss_weight);
   Status begin_round();
-  // Every parameter and AdamW moment under its full name (gathered from the shards with G > 1).
+  // Every parameter and AdamW moment under its full name (gathered from the shards with G > 1,
+  // on local rank 0 only: the other ranks get an empty list).
   std::vector<std::pair<std::string, torch::Tensor>> full_parameters();
   std::vector<std::pair<std::string, torch::Tensor>> full_optimizer_state();
   bool writes_run_dir() const { return options_.write_run_dir && (!options_.local_group || options_.local_group->rank() == 0); }

@@ -46,6 +46,14 @@ info)
   check "reports AdamW state memory" contains info.json '"adamw_state_fp32": 81691049984'
   check "the head's logits: one chunk of 2048 tokens" contains info.json '"logits_fp32_per_copy": 1050673152'
   check "  ... against the whole 2 x 8192 micro-batch" contains info.json '"logits_fp32_per_copy_unchunked": 8405385216'
+  check "one process does not fit an 80 GB H100" contains info.json '"fits_h100_80gb": false'
+  "$bin" info --model intellect-1-10b --nproc-per-node 8 > info8.json
+  # 1/8 of the root unit (2 x 128256 x 4096 + 4096) and of each of the 42 blocks (218,112,000), in fp32.
+  check "G = 8: a rank's fp32 parameter shard" contains info8.json '"parameters_fp32": 5105690624'
+  check "G = 8: the root unit gathered with its gradients" contains info8.json '"gathered_root": 12608126976'
+  check "G = 8: one rank fits an 80 GB H100 at batch 2 x 8192 in bf16" contains info8.json '"fits_h100_80gb": true'
+  "$bin" info --model intellect-1-10b --nproc-per-node 8 --set train.batch_size=16 > info8b.json
+  check "G = 8, batch 16 x 8192: it does not" contains info8b.json '"fits_h100_80gb": false'
   ;;
 
 bad-config)
