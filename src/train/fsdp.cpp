@@ -300,18 +300,4 @@ std::string ShardedModel::scatter_named(const std::vector<std::pair<std::string,
   return "";
 }
 
-double ShardedModel::clip_grad_norm(double max_norm) {
-  torch::NoGradGuard no_grad;
-  double local = 0;
-  for (const auto& u : units_)
-    if (u->shard.grad().defined()) local += u->shard.grad().to(torch::kFloat64).pow(2).sum().item<double>();
-  const double total = std::sqrt(group_.all_reduce_sum(local));
-  if (max_norm > 0 && total > max_norm) {
-    const double scale = max_norm / (total + 1e-6);
-    for (const auto& u : units_)
-      if (u->shard.grad().defined()) u->shard.mutable_grad().mul_(scale);
-  }
-  return total;
-}
-
 }  // namespace meridian::train

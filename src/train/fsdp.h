@@ -87,9 +87,6 @@ class ShardedModel {
   std::string scatter_named(const std::vector<std::pair<std::string, torch::Tensor>>& full,
                             const std::vector<torch::Tensor>& unit_shards) const;
 
-  // Global gradient L2 norm over every rank's shards, then clipping as clip_grad_norm does.
-  double clip_grad_norm(double max_norm);
-
   struct Unit;  // defined in fsdp.cpp
 
  private:

@@ -61,14 +61,14 @@ std::string AdamW::load_state(const std::vector<std::pair<std::string, torch::Te
   return "";
 }
 
-double clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
+double clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm, const std::function<double(double)>& sum_across) {
   torch::NoGradGuard no_grad;
   // Sum of squares in float64, so the norm does not depend on the parameters' dtype.
   std::vector<torch::Tensor> squares;
   for (const auto& p : params)
     if (p.grad().defined()) squares.push_back(p.grad().to(torch::kFloat64).pow(2).sum());
-  if (squares.empty()) return 0.0;
-  const double total = std::sqrt(torch::stack(squares).sum().item<double>());
+  const double local = squares.empty() ? 0.0 : torch::stack(squares).sum().item<double>();
+  const double total = std::sqrt(sum_across ? sum_across(local) : local);
   if (max_norm > 0 && total > max_norm) {
     const double scale = max_norm / (total + 1e-6);
     for (const auto& p : params)

@@ -10,6 +10,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -53,7 +54,9 @@ class AdamW {
 };
 
 // Scales all gradients so that their global L2 norm is at most max_norm (no-op when max_norm
-// is 0). Returns the norm before clipping.
-double clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
+// is 0). Returns the norm before clipping. With `sum_across`, the gradients are this rank's
+// shards and it sums the squared norm over the ranks (train/fsdp.h).
+double clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm,
+                      const std::function<double(double)>& sum_across = {});
 
 }  // namespace meridian::train

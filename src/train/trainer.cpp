@@ -257,7 +257,9 @@ StepMetrics Trainer::train_step() {
   // Clip (the norm over every rank's shards), then the AdamW step with this step's learning rate.
   StepMetrics m;
   m.step = step_ + 1;
-  m.grad_norm = fsdp_ ? fsdp_->clip_grad_norm(tc.grad_clip) : clip_grad_norm(params_, tc.grad_clip);
+  std::function<double(double)> sum_across;
+  if (fsdp_) sum_across = [this](double v) { return options_.local_group->all_reduce_sum(v); };
+  m.grad_norm = clip_grad_norm(params_, tc.grad_clip, sum_across);
   m.lr = wsd_lr(tc, m.step);
   optimizer_->step(m.lr);
   step_ = m.step;
@@ -571,9 +573,9 @@ Status Trainer::load(const std::string& checkpoint_dir) {
   torch::NoGradGuard no_grad;
   std::map<std::string, torch::Tensor> weights(ck.model.begin(), ck.model.end());
   // With G > 1 the module's parameters are freed between uses: ShardedModel::scatter_named
-  // checks names and shapes below.
-  for (auto& item : model_->named_parameters()) {
-    if (fsdp_) break;
+  // checks names and shapes below instead.
+  auto params = fsdp_ ? torch::OrderedDict<std::string, torch::Tensor>() : model_->named_parameters();
+  for (auto& item : params) {
     auto it = weights.find(item.key());
     if (it == weights.end()) return Status::error(checkpoint_dir + "/model.safetensors: missing tensor '" + item.key() + "'");
     if (it->second.sizes() != item.value().sizes())
