@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -106,39 +107,58 @@ int launch_local_ranks(int world, const std::string& run_dir, char** argv) {
       for (pid_t p : pids)
         if (p > 0) ::kill(p, sig);
     }
-    int status = 0;
-    struct rusage usage {};
-    const pid_t pid = ::wait4(-1, &status, WNOHANG, &usage);
-    if (pid > 0) {
+    // Ranks that ended since the last look. After a first failure, a short grace collects the
+    // ranks it took with it (a peer of a dead rank aborts on the broken local group), so that
+    // the error names the rank that failed first, not one that followed it.
+    struct Ended { int rank; pid_t pid; int status; };
+    std::vector<Ended> failed;
+    auto reap = [&] {
+      int status = 0;
+      struct rusage usage {};
+      const pid_t pid = ::wait4(-1, &status, WNOHANG, &usage);
+      if (pid <= 0) return false;
       for (int r = 0; r < world; ++r) {
         if (pids[static_cast<size_t>(r)] != pid) continue;
         pids[static_cast<size_t>(r)] = -1;
         --running;
         const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
         if (ok) std::printf("# local rank %d: peak resident memory %.1f MB\n", r, static_cast<double>(usage.ru_maxrss) / 1024.0);
-        if (!ok && !stopping) {
-          std::fprintf(stderr, "error: local rank %d (pid %d) ended with %s; stopping the node's other %d rank(s)\n", r, pid,
-                       describe(status).c_str(), running);
-          const std::string where = r == 0 ? "the output above" : (fs::path(run_dir) / ("rank_" + std::to_string(r) + ".log")).string();
-          if (WIFEXITED(status) && WEXITSTATUS(status) == 2)  // bad input: the rank printed its error and hint
-            std::fprintf(stderr, "hint: see %s\n", where.c_str());
-          else
-            std::fprintf(stderr, "hint: see %s; continue the node with --resume %s\n", where.c_str(), run_dir.c_str());
-          exit_code = 1;
-          stopping = true;
-          for (pid_t p : pids)
-            if (p > 0) ::kill(p, SIGTERM);
-          deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-        }
+        else failed.push_back({r, pid, status});
       }
+      return true;
+    };
+    if (!reap()) {
+      if (stopping && std::chrono::steady_clock::now() > deadline) {
+        for (pid_t p : pids)
+          if (p > 0) ::kill(p, SIGKILL);
+        deadline = std::chrono::steady_clock::time_point::max();
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
       continue;
     }
-    if (stopping && std::chrono::steady_clock::now() > deadline) {
-      for (pid_t p : pids)
-        if (p > 0) ::kill(p, SIGKILL);
-      deadline = std::chrono::steady_clock::time_point::max();
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (failed.empty() || stopping) continue;
+    const auto grace = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+    while (running > 0 && std::chrono::steady_clock::now() < grace)
+      if (!reap()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    // The first cause: a rank that did not abort (SIGABRT is how a rank dies of a broken peer).
+    auto first = std::find_if(failed.begin(), failed.end(), [](const Ended& f) { return !(WIFSIGNALED(f.status) && WTERMSIG(f.status) == SIGABRT); });
+    if (first == failed.end()) first = failed.begin();
+    const int r = first->rank, status = first->status;
+    std::string also;
+    for (const Ended& other : failed)
+      if (other.rank != r) also += "; local rank " + std::to_string(other.rank) + " ended after it with " + describe(other.status);
+    std::fprintf(stderr, "error: local rank %d (pid %d) ended with %s%s; stopping the node's other %d rank(s)\n", r, first->pid,
+                 describe(status).c_str(), also.c_str(), running);
+    const std::string where = r == 0 ? "the output above" : (fs::path(run_dir) / ("rank_" + std::to_string(r) + ".log")).string();
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 2)  // bad input: the rank printed its error and hint
+      std::fprintf(stderr, "hint: see %s\n", where.c_str());
+    else
+      std::fprintf(stderr, "hint: see %s; continue the node with --resume %s\n", where.c_str(), run_dir.c_str());
+    exit_code = 1;
+    stopping = true;
+    for (pid_t p : pids)
+      if (p > 0) ::kill(p, SIGTERM);
+    deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   }
   fs::remove(rendezvous, ec);
   return exit_code;

@@ -166,6 +166,11 @@ int cmd_train(const ConfigArgs& args, const std::string& resume, const JoinArgs&
     if (join.token_file.empty()) return fail(Status::error("--coordinator needs --token-file", "pass the file holding the run token"));
     auto token = net::membership::read_token_file(join.token_file);
     if (!token) return fail(token.status());
+  }
+  // With train.nproc_per_node > 1 the node meets the run through local rank 0 (train/local_ranks.cpp).
+  if (!join.coordinator.empty() && local.rank == 0) {
+    auto token = net::membership::read_token_file(join.token_file);
+    if (!token) return fail(token.status());
     train::ElasticOptions eo;
     eo.comm.coordinator_address = join.coordinator;
     eo.comm.token = token.value();

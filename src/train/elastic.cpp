@@ -98,8 +98,7 @@ Status ElasticRounds::leave() { return comm_->leave(); }
 Status ElasticRounds::begin_round(Trainer& trainer, RoundStats* stats) {
   trainer_ = &trainer;
   MERIDIAN_RETURN_IF_ERROR(meet(trainer, /*admit_joiners=*/true, stats));
-  trainer.set_data_shard(static_cast<int>(comm_->rank()), world_size());
-  trainer.outer()->copy_theta_to_params();
+  trainer.start_round_as(static_cast<int>(comm_->rank()), world_size());
   stats->nodes = world_size();
   return Status::ok();
 }
@@ -124,8 +123,7 @@ Status ElasticRounds::all_reduce_mean(float* data, size_t count, RoundStats* sta
     if (took_run_state_) {
       // Behind the run (evicted while frozen, then admitted again as a joiner): the others are
       // at a round start, so this node begins that round with them, as begin_round would.
-      trainer_->set_data_shard(static_cast<int>(comm_->rank()), world_size());
-      trainer_->outer()->copy_theta_to_params();
+      trainer_->start_round_as(static_cast<int>(comm_->rank()), world_size());
       stats->nodes = world_size();
       stats->restarted = true;
       return Status::ok();
@@ -190,16 +188,15 @@ void ElasticRounds::log_view_change() {
 }
 
 net::NetStatus ElasticRounds::sync_run_state(Trainer& trainer, RoundStats* stats) {
-  OuterOptimizer& outer = *trainer.outer();
-  const int64_t rounds_before = outer.rounds();
+  const int64_t rounds_before = trainer.outer_rounds();
   const std::string model = model_hash(trainer.config().model);
   net::SharedState state;
   if (has_state_) {
-    for (const auto& [name, t] : outer.state()) put_tensor(state, name, t);
-    put_tensor(state, kCounters, torch::tensor({trainer.step(), trainer.tokens_seen(), outer.rounds()}, torch::kLong));
+    for (const auto& [name, t] : trainer.outer_state()) put_tensor(state, name, t);
+    put_tensor(state, kCounters, torch::tensor({trainer.step(), trainer.tokens_seen(), rounds_before}, torch::kLong));
     put_text(state, kCursor, trainer.data_cursor());
     put_text(state, kModelHash, model);
-    state.set_revision(static_cast<uint64_t>(outer.rounds()));
+    state.set_revision(static_cast<uint64_t>(rounds_before));
   }
   net::SyncOpStats ss;
   const net::NetStatus st = comm_->sync_shared_state(state, &ss);
@@ -216,14 +213,15 @@ net::NetStatus ElasticRounds::sync_run_state(Trainer& trainer, RoundStats* stats
     if (hash == nullptr || text_of(*hash) != model)
       return fail(Status::error("the run trains another model shape than this node's config",
                                 "start every node with the run's [model] settings (same preset or config file)"));
-    auto theta = tensor_like(state, kTheta, outer.state()[0].second);
-    auto momentum = tensor_like(state, kMomentum, outer.state()[1].second);
+    const NamedTensors own = trainer.outer_state();
+    auto theta = tensor_like(state, kTheta, own[0].second);
+    auto momentum = tensor_like(state, kMomentum, own[1].second);
     auto counters = tensor_like(state, kCounters, torch::zeros({3}, torch::kLong));
     if (!theta) return fail(theta.status());
     if (!momentum) return fail(momentum.status());
     if (!counters) return fail(counters.status());
     const auto* c = counters->data_ptr<int64_t>();
-    const std::string err = outer.load_state({{kTheta, theta.value()}, {kMomentum, momentum.value()}}, c[2]);
+    const std::string err = trainer.load_outer_state({{kTheta, theta.value()}, {kMomentum, momentum.value()}}, c[2]);
     if (!err.empty()) return fail(Status::error(err));
     trainer.set_progress(c[0], c[1]);
     const auto* cursor = state.find(kCursor);
@@ -249,15 +247,14 @@ net::NetStatus ElasticRounds::sync_run_state(Trainer& trainer, RoundStats* stats
 }
 
 net::NetStatus ElasticRounds::sync_inner_state(Trainer& trainer, RoundStats* stats) {
-  AdamW& adam = trainer.inner_optimizer();
-  const NamedTensors own = adam.state();
+  const NamedTensors own = trainer.inner_state();
   net::SharedState state;
   if (!needs_inner_) {
     state.set_pulls(false);  // a member keeps its own moments; only joiners download
     for (const auto& [name, t] : own) put_tensor(state, kInnerPrefix + name, t);
-    put_tensor(state, kInnerStep, torch::tensor({adam.step_count()}, torch::kLong));
+    put_tensor(state, kInnerStep, torch::tensor({trainer.inner_step()}, torch::kLong));
     // The run's progress, as in sync_run_state (the coordinator never elects a state behind it).
-    state.set_revision(static_cast<uint64_t>(trainer.outer()->rounds()));
+    state.set_revision(static_cast<uint64_t>(trainer.outer_rounds()));
   }
   net::SyncOpStats ss;
   const net::NetStatus st = comm_->sync_shared_state(state, &ss);
@@ -277,7 +274,7 @@ net::NetStatus ElasticRounds::sync_inner_state(Trainer& trainer, RoundStats* sta
     }
     auto step = tensor_like(state, kInnerStep, torch::zeros({1}, torch::kLong));
     if (!step) return fail(step.status());
-    const std::string err = adam.load_state(tensors, step->data_ptr<int64_t>()[0]);
+    const std::string err = trainer.load_inner_state(tensors, step->data_ptr<int64_t>()[0]);
     if (!err.empty()) return fail(Status::error(err));
     if (options_.out) {
       std::fprintf(options_.out, "# received an inner optimizer state (AdamW step %lld), %.2f MB in %.3f s (%.2f Gbit/s)\n",

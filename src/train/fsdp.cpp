@@ -20,6 +20,7 @@ Result<std::unique_ptr<LocalGroup>> LocalGroup::connect(const std::string& rende
   try {
     auto store = c10::make_intrusive<c10d::FileStore>(rendezvous_file, size);
     store->setTimeout(timeout);
+    g->store_ = store;
     auto options = c10d::ProcessGroupGloo::Options::create();
     options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
     options->timeout = timeout;
@@ -58,6 +59,40 @@ void LocalGroup::gather_to_rank0(const torch::Tensor& shard, torch::Tensor& full
   c10d::GatherOptions options;
   options.rootRank = 0;
   pg_->gather(output, input, options)->wait();
+}
+
+void LocalGroup::scatter_from_rank0(const torch::Tensor& full, torch::Tensor& shard) {
+  const int64_t n = shard.numel();
+  std::vector<at::Tensor> output = {shard};
+  std::vector<std::vector<at::Tensor>> input;
+  if (rank_ == 0) {
+    MERIDIAN_ASSERT(full.numel() == n * size_, "scatter: full has {} values, needs {}", full.numel(), n * size_);
+    const torch::Tensor src = full.contiguous();
+    input.emplace_back();
+    for (int r = 0; r < size_; ++r) input[0].push_back(src.narrow(0, r * n, n));
+  }
+  c10d::ScatterOptions options;
+  options.rootRank = 0;
+  pg_->scatter(output, input, options)->wait();
+}
+
+void LocalGroup::post(const std::string& message) {
+  MERIDIAN_ASSERT(rank_ == 0, "LocalGroup::post on local rank {}", rank_);
+  store_->set("message." + std::to_string(messages_++), std::vector<uint8_t>(message.begin(), message.end()));
+}
+
+std::string LocalGroup::receive() {
+  MERIDIAN_ASSERT(rank_ != 0, "LocalGroup::receive on local rank 0");
+  const std::string key = "message." + std::to_string(messages_++);
+  for (;;) {
+    try {
+      store_->wait({key}, std::chrono::seconds(10));
+      break;
+    } catch (const std::exception&) {  // not yet: rank 0 is still busy (its round start)
+    }
+  }
+  const std::vector<uint8_t> bytes = store_->get(key);
+  return std::string(bytes.begin(), bytes.end());
 }
 
 void LocalGroup::reduce_scatter_mean(torch::Tensor& full, torch::Tensor& shard) {
@@ -282,15 +317,10 @@ std::vector<std::pair<std::string, torch::Tensor>> ShardedModel::gather_named(co
 
 std::string ShardedModel::scatter_named(const std::vector<std::pair<std::string, torch::Tensor>>& full,
                                         const std::vector<torch::Tensor>& unit_shards) const {
+  if (std::string err = check_named(full); !err.empty()) return err;
   std::map<std::string, torch::Tensor> by_name(full.begin(), full.end());
   torch::NoGradGuard no_grad;
   for (size_t u = 0; u < units_.size(); ++u) {
-    for (const auto& p : units_[u]->params) {
-      auto it = by_name.find(p.name);
-      if (it == by_name.end()) return "no tensor '" + p.name + "'";
-      if (it->second.sizes().vec() != p.shape)
-        return fmt::format("tensor '{}' has shape {}, the model needs {}", p.name, c10::str(it->second.sizes()), c10::str(p.shape));
-    }
     const torch::Tensor flat = flatten(units_[u]->params, units_[u]->padded, [&](const Unit::Param& p) { return by_name.at(p.name); },
                                        unit_shards[u].options().requires_grad(false));
     const int64_t n = unit_shards[u].numel();
@@ -298,6 +328,44 @@ std::string ShardedModel::scatter_named(const std::vector<std::pair<std::string,
     dst.detach().copy_(flat.narrow(0, group_.rank() * n, n));
   }
   return "";
+}
+
+std::string ShardedModel::check_named(const std::vector<std::pair<std::string, torch::Tensor>>& full) const {
+  std::map<std::string, torch::Tensor> by_name(full.begin(), full.end());
+  for (const auto& u : units_) {
+    for (const auto& p : u->params) {
+      auto it = by_name.find(p.name);
+      if (it == by_name.end()) return "no tensor '" + p.name + "'";
+      if (it->second.sizes().vec() != p.shape)
+        return fmt::format("tensor '{}' has shape {}, the model needs {}", p.name, c10::str(it->second.sizes()), c10::str(p.shape));
+    }
+  }
+  return "";
+}
+
+void ShardedModel::scatter_named_from_rank0(const std::vector<std::pair<std::string, torch::Tensor>>& full,
+                                            const std::vector<torch::Tensor>& unit_shards) {
+  MERIDIAN_ASSERT(unit_shards.size() == units_.size(), "scatter_named_from_rank0: {} shards for {} units", unit_shards.size(), units_.size());
+  const bool root = group_.rank() == 0;
+  MERIDIAN_ASSERT(!root || check_named(full).empty(), "scatter_named_from_rank0: {}", check_named(full));
+  std::map<std::string, torch::Tensor> by_name(full.begin(), full.end());
+  torch::NoGradGuard no_grad;
+  for (size_t u = 0; u < units_.size(); ++u) {
+    const auto options = unit_shards[u].options().requires_grad(false);
+    const torch::Tensor flat = root ? flatten(units_[u]->params, units_[u]->padded, [&](const Unit::Param& p) { return by_name.at(p.name); }, options)
+                                    : torch::Tensor();
+    torch::Tensor dst = unit_shards[u].detach();
+    group_.scatter_from_rank0(flat, dst);
+  }
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> ShardedModel::parameter_shapes() const {
+  std::map<std::string, std::vector<int64_t>> by_name;
+  for (const auto& u : units_)
+    for (const auto& p : u->params) by_name[p.name] = p.shape;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  for (auto& item : model_->named_parameters()) out.emplace_back(item.key(), by_name.at(item.key()));
+  return out;
 }
 
 }  // namespace meridian::train

@@ -33,6 +33,7 @@
 
 namespace c10d {
 class ProcessGroupGloo;
+class Store;
 }
 
 namespace meridian::train {
@@ -52,14 +53,25 @@ class LocalGroup {
   void gather_to_rank0(const torch::Tensor& shard, torch::Tensor& full);
   // full [size * n] -> shard [n] = (sum over ranks of full) [rank * n, (rank + 1) * n) / size.
   void reduce_scatter_mean(torch::Tensor& full, torch::Tensor& shard);
+  // The inverse of gather_to_rank0: rank 0's `full` [size * n] (ignored elsewhere) -> shard [n].
+  void scatter_from_rank0(const torch::Tensor& full, torch::Tensor& shard);
   void all_reduce_sum(torch::Tensor& t);  // in place, every rank gets the same sum
   double all_reduce_sum(double value);
   void barrier();
 
+  // Messages from rank 0 to the other ranks, in order (small: a command and its arguments).
+  // receive() waits as long as rank 0 takes (the local ranks of a DiLoCo node wait through its
+  // round start, which has no bound); a rank never outlives its launcher, so a dead rank 0 ends
+  // the wait with the node. Kept in the rendezvous store, not in the collectives' timeouts.
+  void post(const std::string& message);
+  std::string receive();
+
  private:
   LocalGroup() = default;
+  c10::intrusive_ptr<c10d::Store> store_;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
   int rank_ = 0, size_ = 1;
+  uint64_t messages_ = 0;  // posted (rank 0) or received (the others)
 };
 
 class ShardedModel {
@@ -86,6 +98,14 @@ class ShardedModel {
   // The inverse: this rank's slice of full named tensors (by parameter name) into unit_shards.
   std::string scatter_named(const std::vector<std::pair<std::string, torch::Tensor>>& full,
                             const std::vector<torch::Tensor>& unit_shards) const;
+  // The same from local rank 0's tensors only (the others pass an empty list): every rank
+  // takes part, and only the shards travel. Rank 0 checks names and shapes first
+  // (check_named), since a collective cannot stop half-way.
+  void scatter_named_from_rank0(const std::vector<std::pair<std::string, torch::Tensor>>& full,
+                                const std::vector<torch::Tensor>& unit_shards);
+  std::string check_named(const std::vector<std::pair<std::string, torch::Tensor>>& full) const;
+  // The parameters' names and shapes in the module's order (the layout of a node of one rank).
+  std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes() const;
 
   struct Unit;  // defined in fsdp.cpp
 

@@ -37,6 +37,13 @@ void AdamW::zero_grad() {
   }
 }
 
+NamedTensors moment_of(const NamedTensors& state, const std::string& moment) {
+  NamedTensors out;
+  for (const auto& [name, t] : state)
+    if (name.rfind(moment, 0) == 0) out.emplace_back(name.substr(moment.size()), t);
+  return out;
+}
+
 NamedTensors AdamW::state() const {
   NamedTensors out;
   for (const auto& s : slots_) out.emplace_back("exp_avg." + s.name, s.exp_avg);

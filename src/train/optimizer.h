@@ -26,6 +26,10 @@ struct AdamWOptions {
   double weight_decay = 0.1;
 };
 
+// The tensors of one moment of AdamW::state() ("exp_avg." or "exp_avg_sq."), under the
+// parameters' names (the prefix taken off).
+NamedTensors moment_of(const NamedTensors& state, const std::string& moment);
+
 class AdamW {
  public:
   AdamW(NamedTensors params, AdamWOptions options);

@@ -90,9 +90,6 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Config& config, TrainerOp
   t->model_->to(t->device_);
   NamedTensors named;
   if (G > 1) {
-    if (t->config_.diloco.enabled)
-      return Status::error("diloco.enabled with train.nproc_per_node > 1 is not supported yet (the outer step is not sharded)",
-                           "train DiLoCo nodes with train.nproc_per_node=1, or train without DiLoCo on this node");
     if (t->device_.is_cuda())
       return Status::error("train.nproc_per_node > 1 on CUDA is not supported yet (the local group is Gloo on the CPU)",
                            "set train.device=cpu, or train.nproc_per_node=1");
@@ -389,18 +386,29 @@ Result<TrainSummary> Trainer::run() {
 Status Trainer::begin_round() {
   round_ = Round{};
   round_.start = Clock::now();
-  return options_.round_sync->begin_round(*this, &round_.stats);
+  if (!fsdp_) return options_.round_sync->begin_round(*this, &round_.stats);
+  if (!outer_full_valid_) refresh_outer_full();
+  if (!local_lead()) return follow_local_rank0(&round_.stats);
+  return tell_local_ranks(options_.round_sync->begin_round(*this, &round_.stats), round_.stats);
 }
 
 Status Trainer::outer_step() {
   MERIDIAN_ASSERT(outer_ != nullptr, "outer_step without diloco.enabled");
   const auto t0 = Clock::now();
-  torch::Tensor delta = outer_->pseudo_gradient();  // f32 [N]
-  const double local_norm = delta.norm().item<double>();
-  // The reducer works on host memory; a device buffer makes a round trip.
-  torch::Tensor host = delta.device().is_cpu() ? delta : delta.to(torch::kCPU);
+  torch::Tensor delta = outer_->pseudo_gradient();  // f32 [N], or this rank's shards with G > 1
+  // The reducer works on host memory; a device buffer makes a round trip. With G > 1 the whole
+  // pseudo-gradient is gathered on local rank 0, which reduces it with the other nodes.
+  torch::Tensor host = fsdp_ ? gather_flat(delta) : delta.device().is_cpu() ? delta : delta.to(torch::kCPU);
+  const double local_norm = host.defined() ? host.norm().item<double>() : 0.0;
   RoundStats& rs = round_.stats;
-  MERIDIAN_RETURN_IF_ERROR(options_.round_sync->all_reduce_mean(host.data_ptr<float>(), static_cast<size_t>(host.numel()), &rs));
+  if (!fsdp_) {
+    MERIDIAN_RETURN_IF_ERROR(options_.round_sync->all_reduce_mean(host.data_ptr<float>(), static_cast<size_t>(host.numel()), &rs));
+  } else if (local_lead()) {
+    MERIDIAN_RETURN_IF_ERROR(
+        tell_local_ranks(options_.round_sync->all_reduce_mean(host.data_ptr<float>(), static_cast<size_t>(host.numel()), &rs), rs));
+  } else {
+    MERIDIAN_RETURN_IF_ERROR(follow_local_rank0(&rs));
+  }
   if (rs.restarted) {
     if (options_.out) {
       std::fprintf(options_.out, "# this node was behind the run: its round is discarded; it trains the run's round %lld from step %lld\n",
@@ -416,14 +424,20 @@ Status Trainer::outer_step() {
     round_open_ = true;
     return Status::ok();
   }
-  if (!delta.device().is_cpu()) delta.copy_(host);
+  if (fsdp_) scatter_flat(host, delta);  // each rank its shards of the mean
+  else if (!delta.device().is_cpu()) delta.copy_(host);
   outer_->step(delta);
+  if (fsdp_) {
+    refresh_outer_full();  // for the hash, and the next round start's sync
+    if (!local_lead()) return Status::ok();  // rank 0 reports the round
+  }
+  const NamedTensors& outer_state = fsdp_ ? outer_full_ : outer_->state();
   const double outer_s = seconds_since(t0);
   const double round_s = seconds_since(round_.start);
   const double utilization = round_s > 0 ? round_.compute_s / round_s : 0.0;
   const double loss = round_.steps > 0 ? round_.loss_sum / static_cast<double>(round_.steps) : 0.0;
   const double gbit = rs.all_reduce_s > 0 ? rs.all_reduce_bytes_sent * 8.0 / rs.all_reduce_s / 1e9 : 0.0;
-  const std::string hash = outer_->theta_hash();
+  const std::string hash = io::tensors_hash({{"theta", outer_state[0].second}});
   if (options_.out) {
     std::fprintf(options_.out,
                  "outer  round %lld | step %lld | nodes %d | loss %.4f | |delta| %.4f | all-reduce %.3f s %.2f MB %.3f Gbit/s%s | "
@@ -453,7 +467,7 @@ Status Trainer::outer_step() {
                            {"round_s", round_s},
                            {"compute_s", round_.compute_s},
                            {"utilization", utilization},
-                           {"params", outer_->numel()},
+                           {"params", outer_state[0].second.numel()},
                            {"outer_hash", hash}};
   metrics_.write(j.dump());
   return Status::ok();
@@ -505,19 +519,27 @@ std::vector<std::pair<std::string, torch::Tensor>> Trainer::full_parameters() {
   return out;
 }
 
-// AdamW's state() lists every slot's exp_avg, then every exp_avg_sq; with G > 1 the slots are
-// the units' shards, gathered here into the names a G = 1 run writes.
+// With G > 1 AdamW's slots are the units' shards, gathered here into the names a G = 1 run writes.
 std::vector<std::pair<std::string, torch::Tensor>> Trainer::full_optimizer_state() {
   if (!fsdp_) return optimizer_->state();
-  const NamedTensors state = optimizer_->state();
-  const size_t units = state.size() / 2;
   io::NamedTensors out;
-  for (const char* moment : {"exp_avg.", "exp_avg_sq."}) {
-    std::vector<torch::Tensor> shards;
-    const size_t first = std::string(moment) == "exp_avg." ? 0 : units;
-    for (size_t i = 0; i < units; ++i) shards.push_back(state[first + i].second);
-    for (auto& [name, t] : fsdp_->gather_named(shards)) out.emplace_back(moment + name, t);
-  }
+  for (const std::string moment : {"exp_avg.", "exp_avg_sq."})
+    for (auto& [name, t] : fsdp_->gather_named(moment_shards(moment))) out.emplace_back(moment + name, t);
+  return out;
+}
+
+std::vector<torch::Tensor> Trainer::moment_shards(const std::string& moment) const {
+  std::vector<torch::Tensor> out;
+  for (const auto& [name, t] : moment_of(optimizer_->state(), moment)) out.push_back(t);
+  return out;
+}
+
+// The outer state under the names a G = 1 run writes (gathered on local rank 0 with G > 1).
+NamedTensors Trainer::full_outer_state() {
+  if (!fsdp_) return outer_->state();
+  NamedTensors out;
+  for (const auto& [name, t] : outer_->state())
+    if (torch::Tensor full = gather_flat(t); full.defined()) out.emplace_back(name, full);
   return out;
 }
 
@@ -526,7 +548,7 @@ Result<std::string> Trainer::save_checkpoint() {
   io::NamedTensors state = full_optimizer_state();
   state.emplace_back("rng.torch_cpu", rng_state());
   if (outer_)
-    for (auto& item : outer_->state()) state.push_back(item);
+    for (auto& item : full_outer_state()) state.push_back(item);
   io::Metadata meta{{"meridian.optimizer_step", std::to_string(optimizer_->step_count())},
                     {"meridian.tokens_seen", std::to_string(tokens_seen_)},
                     {"meridian.config_hash", config_hash(config_)},
@@ -587,16 +609,9 @@ Status Trainer::load(const std::string& checkpoint_dir) {
   if (!opt_step) return opt_step.status();
   if (fsdp_) {  // this rank's slices of the consolidated tensors (any G, or a G = 1 checkpoint)
     std::string err = fsdp_->scatter_named(ck.model, fsdp_->shard_tensors());
-    const NamedTensors live = optimizer_->state();  // views: exp_avg of every unit, then exp_avg_sq
-    const size_t units = live.size() / 2;
     for (const std::string moment : {"exp_avg.", "exp_avg_sq."}) {
       if (!err.empty()) break;
-      io::NamedTensors full;
-      for (const auto& [name, t] : ck.state)
-        if (name.rfind(moment, 0) == 0) full.emplace_back(name.substr(moment.size()), t);
-      std::vector<torch::Tensor> shards;
-      for (size_t i = 0; i < units; ++i) shards.push_back(live[(moment == "exp_avg." ? 0 : units) + i].second);
-      err = fsdp_->scatter_named(full, shards);
+      err = fsdp_->scatter_named(moment_of(ck.state, moment), moment_shards(moment));
       if (!err.empty()) err = "optimizer state (" + moment + "): " + err;
     }
     if (!err.empty()) return Status::error(checkpoint_dir + ": " + err);
@@ -613,7 +628,23 @@ Status Trainer::load(const std::string& checkpoint_dir) {
                            "resume with diloco.enabled=false, or start the DiLoCo run from scratch");
     auto rounds = meta("meridian.outer_rounds");
     if (!rounds) return rounds.status();
-    const std::string outer_err = outer_->load_state(ck.state, rounds.value());
+    NamedTensors outer_state = ck.state;
+    if (fsdp_) {  // this rank's shards of the one-rank layout
+      outer_state.clear();
+      for (const auto& [name, live] : outer_->state()) {
+        auto it = std::find_if(ck.state.begin(), ck.state.end(), [&](const auto& item) { return item.first == name; });
+        if (it == ck.state.end()) continue;  // load_state names it
+        const int64_t n = parameter_count();
+        if (it->second.numel() != n)
+          return Status::error(fmt::format("{}/state.safetensors: tensor '{}' has {} values, the model needs {}", checkpoint_dir, name,
+                                           it->second.numel(), n));
+        torch::Tensor mine = torch::empty_like(live);
+        const std::string err = fsdp_->scatter_named(split_flat(it->second.reshape({-1})), unit_views(mine));
+        if (!err.empty()) return Status::error(checkpoint_dir + "/state.safetensors: " + name + ": " + err);
+        outer_state.emplace_back(name, mine);
+      }
+    }
+    const std::string outer_err = outer_->load_state(outer_state, rounds.value());
     if (!outer_err.empty()) return Status::error(checkpoint_dir + "/state.safetensors: " + outer_err, "resume with diloco.enabled as the run was saved");
   }
 
@@ -650,7 +681,7 @@ std::string Trainer::state_hash() {
   io::NamedTensors all = full_parameters();
   for (auto& item : full_optimizer_state()) all.push_back(item);
   if (outer_)
-    for (auto& item : outer_->state()) all.push_back(item);
+    for (auto& item : full_outer_state()) all.push_back(item);
   const auto cursor = train_data_ ? train_data_->cursor() : data::LoaderCursor{};
   auto counters = torch::tensor({step_, optimizer_->step_count(), tokens_seen_, static_cast<int64_t>(cursor.epoch),
                                  static_cast<int64_t>(cursor.position)},

@@ -90,15 +90,28 @@ class Trainer {
   std::string state_hash();
 
   // For RoundSync implementations (DiLoCo across nodes): the run's state every node holds alike
-  // (outer optimizer, counters, data cursor) and this node's own (the inner optimizer).
-  OuterOptimizer* outer() { return outer_.get(); }
-  AdamW& inner_optimizer() { return *optimizer_; }
+  // (outer optimizer, counters, data cursor) and this node's own (the inner optimizer), laid out
+  // as on a node of one local rank whatever train.nproc_per_node, so that nodes of any G meet:
+  // "outer.theta" and "outer.momentum" f32 [N] (the parameters flattened in module order), the
+  // AdamW moments under "exp_avg.<parameter>" and "exp_avg_sq.<parameter>". With G > 1 a
+  // RoundSync runs on local rank 0 only: these gather from and scatter to the other ranks,
+  // which follow rank 0 meanwhile (follow_local_rank0 below; train/local_ranks.cpp).
+  NamedTensors outer_state();
+  std::string load_outer_state(const NamedTensors& state, int64_t rounds);
+  int64_t outer_rounds() const { return outer_->rounds(); }
+  NamedTensors inner_state();
+  int64_t inner_step() const { return optimizer_->step_count(); }
+  std::string load_inner_state(const NamedTensors& state, int64_t step);
+  // A round begins with this node as rank `node_rank` of `nodes`: each local rank takes its
+  // share of the node's data shard, and the parameters are set to the outer theta.
+  void start_round_as(int node_rank, int nodes);
+  OuterOptimizer* outer() { return outer_.get(); }  // this rank's shard of the outer state
   int64_t tokens_seen() const { return tokens_seen_; }
   void set_progress(int64_t step, int64_t tokens_seen);
   // The training data cursor as text (a mixture's JSON, or {"epoch":E,"position":P}).
   std::string data_cursor() const;
   Status set_data_cursor(const std::string& text);
-  // This node's share of every batch row's draws (data/loader.h): rank r of `world`.
+  // This process's share of every batch row's draws (data/loader.h): rank r of `world`.
   void set_data_shard(int rank, int world);
   model::Llama& model() { return model_; }
   int64_t step() const { return step_; }
@@ -122,6 +135,24 @@ class Trainer {
   // on local rank 0 only: the other ranks get an empty list).
   std::vector<std::pair<std::string, torch::Tensor>> full_parameters();
   std::vector<std::pair<std::string, torch::Tensor>> full_optimizer_state();
+  // The live AdamW moment shards of one kind ("exp_avg." or "exp_avg_sq."), one per unit.
+  std::vector<torch::Tensor> moment_shards(const std::string& moment) const;
+
+  // DiLoCo with G > 1 (train/local_ranks.cpp). Local rank 0 runs the RoundSync and tells the
+  // other ranks what it needs from them and what came of it; they follow until it says "done".
+  Status follow_local_rank0(RoundStats* stats);
+  Status tell_local_ranks(Status result, const RoundStats& stats);
+  // flat f32 shards laid out like fsdp_->shards() <-> f32 [N] in module order (rank 0 only).
+  std::vector<torch::Tensor> unit_views(const torch::Tensor& flat_shards) const;
+  torch::Tensor gather_flat(const torch::Tensor& flat_shards);
+  void scatter_flat(const torch::Tensor& flat, const torch::Tensor& flat_shards);  // from rank 0
+  NamedTensors split_flat(const torch::Tensor& flat) const;  // [N] -> the parameters' shapes
+  int64_t parameter_count() const;                           // N
+  NamedTensors full_outer_state();                           // one-rank layout; rank 0 with G > 1
+  void refresh_outer_full();                                 // every rank: outer_full_ <- gathered
+  void take_outer_shards(int64_t rounds);                    // every rank: from rank 0's outer_full_
+  void take_inner_shards(const NamedTensors& full, int64_t step);
+  bool local_lead() const { return !fsdp_ || options_.local_group->rank() == 0; }
   bool writes_run_dir() const { return options_.write_run_dir && (!options_.local_group || options_.local_group->rank() == 0); }
   int local_world() const { return options_.local_group ? options_.local_group->size() : 1; }
 
@@ -144,6 +175,11 @@ class Trainer {
   LocalReducer local_reducer_;
   Round round_;
   bool round_open_ = false;  // a round began inside the all-reduce (RoundStats::restarted)
+  // G > 1: the outer state in the one-rank layout, gathered on local rank 0 after every outer
+  // step (and at a round start when stale), so that a round start's sync costs no gather.
+  NamedTensors outer_full_;
+  bool outer_full_valid_ = false;             // the same on every local rank
+  std::optional<std::pair<int, int>> node_shard_;  // rank 0: start_round_as since the last tell
   std::vector<torch::Tensor> params_;
   std::optional<data::TokenLoader> train_data_;   // data.train_path
   std::optional<data::MixtureLoader> mixture_;    // data.mixture (instead of train_data_)

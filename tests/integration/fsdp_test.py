@@ -10,8 +10,13 @@
                  G = 2 checkpoint resumes with G = 1 (re-sharded) and with G = 4
     kill-rank    SIGKILL of local rank 1 mid-run (tiny preset): the launcher names the rank and its signal and
                  stops rank 0 within seconds; --resume finishes the run
-    bad-input    a rank that cannot reach the rendezvous, nproc_per_node out of range, DiLoCo with
-                 G > 1: each a one-line error with a hint
+    bad-input    a rank that cannot reach the rendezvous, nproc_per_node out of range: each a
+                 one-line error with a hint
+    diloco       DiLoCo at two levels (fp32 codec, 3 rounds of H = 4): 2 nodes x G = 2 end where
+                 2 nodes x G = 1 do (same tolerance); a G = 1 and a G = 2 node in one run hold the
+                 same outer hash every round, bit for bit; a G = 2 joiner catches up and agrees
+    diloco-kill  SIGKILL of local rank 1 of a G = 2 node during its inner steps: the node goes
+                 down naming the rank, the other node goes on alone, --resume brings it back
 """
 import os
 import re
@@ -24,7 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "scripts"))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tools"))
-from meridian_procs import json_lines, license_shards, read_text, stop_all  # noqa: E402
+from meridian_procs import coordinator_address, json_lines, license_shards, outer_rounds, read_text, stop_all, write_token  # noqa: E402
 
 BIN, CASE = os.path.abspath(sys.argv[1]), sys.argv[2]
 WORK = tempfile.mkdtemp(prefix="meridian-fsdp-")
@@ -191,13 +196,146 @@ def case_bad_input():
            r"local rank 0 was started for 4 ranks, but train.nproc_per_node is 2",
            {"MERIDIAN_LOCAL_RANK": "0", "MERIDIAN_LOCAL_WORLD_SIZE": "4", "MERIDIAN_LOCAL_RENDEZVOUS": os.path.join(WORK, "rdv")})
     expect("nproc_per_node 0", run_args("tiny", d, 5, 4, ["--set", "train.nproc_per_node=0"]), r"train.nproc_per_node must be in 1..64")
-    expect("DiLoCo with G = 2", run_args("tiny", d, 5, 4, ["--nproc-per-node", "2", "--set", "diloco.enabled=true"]),
-           r"diloco.enabled with train.nproc_per_node > 1 is not supported yet")
+
+
+TOKEN = os.path.join(WORK, "token")
+
+
+def spawn(name, args):
+    log = open(os.path.join(WORK, name + ".log"), "w")
+    p = subprocess.Popen([BIN] + args, cwd=WORK, stdout=log, stderr=subprocess.STDOUT)
+    p.name = name
+    procs.append(p)
+    return p
+
+
+def coordinator(name):
+    if not os.path.exists(TOKEN):
+        write_token(TOKEN)
+    p = spawn(name, ["coordinator", "--listen", "127.0.0.1:0", "--token-file", TOKEN, "--heartbeat-timeout-ms", "6000",
+                     "--log", os.path.join(WORK, name + ".jsonl")])
+    address = coordinator_address(os.path.join(WORK, name + ".log"), p)
+    check("coordinator %s listening" % name, address is not None, read_text(os.path.join(WORK, name + ".log"))[-800:])
+    return address or "127.0.0.1:1"
+
+
+def dnode(name, coord, g, batch, steps=12, resume=False):
+    """A DiLoCo node of G local ranks (fp32 codec, H = 4) of the global batch 8."""
+    join = ["--coordinator", coord, "--token-file", TOKEN, "--nproc-per-node", str(g)]
+    if resume:
+        return spawn(name + "-resumed", ["train", "--resume", os.path.join(WORK, name), "--set", "train.threads=1"] + join)
+    return spawn(name, ["train"] + run_args("tiny", os.path.join(WORK, name), steps, batch,
+                                            ["--set", "diloco.enabled=true", "--set", "diloco.inner_steps=4", "--set", "diloco.min_nodes=2",
+                                             "--set", "diloco.codec=fp32", "--set", "train.checkpoint_every=4"]) + join)
+
+
+def ended(p, timeout=300):
+    try:
+        rc = p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        rc = None
+    return check("%s finished (exit %s)" % (p.name, rc), rc == 0, read_text(os.path.join(WORK, p.name + ".log"))[-1500:])
+
+
+def outer_of(name):
+    return outer_rounds(os.path.join(WORK, name, "metrics.jsonl"))
+
+
+def one_hash_per_round(names):
+    by_round = {}
+    for n in names:
+        for r, j in outer_of(n).items():
+            by_round.setdefault(r, set()).add(j["outer_hash"])
+    bad = {r: h for r, h in by_round.items() if len(h) != 1}
+    return check("one outer hash per round on %s (%d rounds)" % (",".join(names), len(by_round)), by_round and not bad, bad or "no rounds")
+
+
+def wait_round(name, r, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if max(outer_of(name), default=0) >= r:
+            return True
+        time.sleep(0.1)
+    return check("round %d reached on %s" % (r, name), False)
+
+
+def case_diloco():
+    # 2 nodes x G = 1 of batch 8 against 2 nodes x G = 2 of batch 4 per rank.
+    for g, batch in ((1, 8), (2, 4)):
+        coord = coordinator("coord-g%d" % g)
+        pair = [dnode("g%d%s" % (g, x), coord, g, batch) for x in "ab"]
+        for p in pair:
+            ended(p)
+        one_hash_per_round(["g%da" % g, "g%db" % g])
+        check("G = %d: 3 rounds of 2 nodes" % g, [j["nodes"] for j in outer_of("g%da" % g).values()] == [2, 2, 2], outer_of("g%da" % g))
+    a1, a2 = outer_of("g1a"), outer_of("g2a")
+    if sorted(a1) == sorted(a2) == [1, 2, 3]:
+        dl = max(abs(a1[r]["loss"] - a2[r]["loss"]) / a1[r]["loss"] for r in a1)
+        check("round losses of G = 2 match G = 1 (worst relative %.2e <= %.0e)" % (dl, STEP_TOL), dl <= STEP_TOL)
+    for x in "ab":
+        m1, s1 = checkpoint(os.path.join(WORK, "g1" + x), 12)
+        m2, s2 = checkpoint(os.path.join(WORK, "g2" + x), 12)
+        dm, wm = worst_relative(m1, m2)
+        ds, ws = worst_relative({k: v for k, v in s1.items() if k.startswith(("exp_avg", "outer."))}, s2)
+        check("node %s: parameters after 3 rounds agree (worst %.2e in %s, <= %.0e)" % (x, dm, wm, TENSOR_TOL), dm <= TENSOR_TOL)
+        check("node %s: AdamW moments and outer state agree (worst %.2e in %s, <= %.0e)" % (x, ds, ws, TENSOR_TOL), ds <= TENSOR_TOL)
+    # One run, a node of each G; a G = 2 joiner once the run is at round 2.
+    coord = coordinator("coord-mixed")
+    a, b = dnode("mixed-a", coord, 1, 8, steps=120), dnode("mixed-b", coord, 2, 4, steps=120)
+    if wait_round("mixed-a", 2):
+        c = dnode("mixed-c", coord, 2, 4, steps=120)
+        for p in (a, b, c):
+            ended(p)
+        one_hash_per_round(["mixed-a", "mixed-b", "mixed-c"])
+        rounds_c = sorted(outer_of("mixed-c"))
+        check("the G = 2 joiner trained from round %s to 30" % (rounds_c[:1] or "?"), rounds_c and rounds_c[-1] == 30 and rounds_c[0] >= 3,
+              rounds_c)
+        check("the joiner received the run state", "received the run state" in read_text(os.path.join(WORK, "mixed-c.log")))
+        check("the last round had 3 nodes", outer_of("mixed-a")[30]["nodes"] == 3 if 30 in outer_of("mixed-a") else False)
+
+
+def local_rank_pid(run_dir, rank):
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                env = open("/proc/%s/environ" % pid, "rb").read()
+                if ("MERIDIAN_LOCAL_RANK=%d\0" % rank).encode() in env and run_dir.encode() in open("/proc/%s/cmdline" % pid, "rb").read():
+                    return int(pid)
+            except OSError:
+                continue
+    return None
+
+
+def case_diloco_kill():
+    coord = coordinator("coord")
+    a, b = dnode("a", coord, 2, 4, steps=200), dnode("b", coord, 2, 4, steps=200)
+    if not wait_round("b", 2):
+        return
+    victim = local_rank_pid(os.path.join(WORK, "b"), 1)
+    if not check("local rank 1 of node b found", victim is not None):
+        return
+    os.kill(victim, signal.SIGKILL)
+    t0 = time.monotonic()
+    try:
+        rc = b.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        rc = None
+    out = read_text(os.path.join(WORK, "b.log"))
+    check("node b stops within 60 s (%.1f s), exit status 1" % (time.monotonic() - t0), rc == 1, out[-2000:])
+    check("node b names local rank 1 and its signal", re.search(r"local rank 1 \(pid \d+\) ended with signal 9", out), out[-2000:])
+    at_kill = max(outer_of("a"), default=0)
+    check("node a goes on alone", wait_round("a", at_kill + 2) and outer_of("a")[at_kill + 2]["nodes"] == 1, outer_of("a").get(at_kill + 2))
+    b2 = dnode("b", coord, 2, 4, resume=True)
+    ended(a, timeout=600)
+    ended(b2, timeout=600)
+    one_hash_per_round(["a", "b"])
+    check("node b rejoined with --resume (2 nodes in the last round)", outer_of("a")[50]["nodes"] == 2 if 50 in outer_of("a") else False)
 
 
 def main():
     license_shards(BIN, WORK)
-    {"equivalence": case_equivalence, "resume": case_resume, "kill-rank": case_kill_rank, "bad-input": case_bad_input}[CASE]()
+    {"equivalence": case_equivalence, "resume": case_resume, "kill-rank": case_kill_rank, "bad-input": case_bad_input,
+     "diloco": case_diloco, "diloco-kill": case_diloco_kill}[CASE]()
     failed = results["failed"] > 0
     stop_all(procs, WORK, failed)
     print("%d passed, %d failed" % (results["passed"], results["failed"]))
