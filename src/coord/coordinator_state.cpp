@@ -498,8 +498,15 @@ void CoordinatorState::try_elect(const OpKey& key, OpRecord& op, Out& out) {
       out.push_back(Action::log("sync op " + std::to_string(key.second) + " of epoch " + std::to_string(op.epoch) + ": " + w.reason,
                                 std::move(w)));
     }
-    if (now_us_ - holder_wait_since_us_ < config_.holder_wait_us) {
-      finish_op(key, op, false, ago + "; waiting for a holder to come back", out);
+    // Nobody here holds any state (fresh nodes only): going on would start the run over from
+    // its initialisation under round numbers it already has. That is never a recovery: wait
+    // for a holder, or a node resumed from a checkpoint, however long it takes.
+    const bool nothing_held = elected.buffers.empty();
+    if (nothing_held || now_us_ - holder_wait_since_us_ < config_.holder_wait_us) {
+      finish_op(key, op, false,
+                ago + (nothing_held ? "; no member holds any state: waiting for a holder, or a node started with --resume"
+                                    : "; waiting for a holder to come back"),
+                out);
       return;
     }
     LogEvent lost;

@@ -41,7 +41,8 @@
 //     is aborted, and the members meet again, for up to holder_wait; a holder back in that time
 //     re-registers as a joiner, is admitted at the next barrier and its newer state wins
 //     (shared_state.h). After holder_wait the state is lost with its holders: a warning says so
-//     and the newest state left is elected.
+//     and the newest state left is elected, if any member holds one: a view of fresh nodes
+//     only never starts the run over (it waits for a holder or a resumed node, unbounded).
 //   * Soft state: after a restart the coordinator knows nothing. A peer re-registers with its
 //     previous id and the view it holds; the first such peer re-creates that view (same epoch,
 //     all its members, the absent ones as not yet reconnected), the others re-attach to it.

@@ -22,7 +22,9 @@
 //     last one elected (across coordinator restarts too) unless the coordinator declared that
 //     state lost after its holder wait;
 // and at the end, after the faults stop and a quiet period: every live peer is in the same
-// view and has committed operations in it (the run goes on), syncs included.
+// view and has committed operations in it (the run goes on), syncs included; except when every
+// holder of the run's state crashed and only fresh replacements are left: then the run must
+// not go on (it would start over under round numbers it already has) and waits for a holder.
 //
 // A peer's state is modelled by its digests (net::PeerReport): the first peers start with the
 // same state, replacements with none (late joiners); every committed all-reduce changes every
@@ -627,6 +629,17 @@ class Sim {
   }
 
   void check_progress() {
+    // Every live peer is fresh while the run has progress: nothing may be elected, so the
+    // run waits (for a holder, or a node resumed from a checkpoint) instead of going on.
+    const bool state_gone = logged_revision_ > 0 && std::none_of(peers_.begin(), peers_.end(), [](const Peer& p) {
+                              return !p.down && !p.state.buffers.empty();
+                            });
+    if (state_gone) {
+      for (const Peer& p : peers_)
+        if (!p.down && p.commits > p.commits_at_quiet + 2 && p.state.revision > 0)
+          fail("peer " + std::to_string(p.index) + " went on from a run state nobody held");
+      return;
+    }
     uint64_t epoch = 0;
     for (const Peer& p : peers_) {
       if (p.down) continue;

@@ -470,6 +470,38 @@ TEST(CoordStateSync, AfterTheHolderWaitTheStateIsLostAndTheRunGoesOn) {
   EXPECT_FALSE(sync(39));  // behind again: the wait starts over
 }
 
+TEST(CoordStateSync, FreshNodesAloneNeverStartTheRunOverEvenPastTheHolderWait) {
+  CoordinatorConfig c = config();
+  c.holder_wait_us = 2 * kTimeoutUs;
+  c.known_revision = 40;
+  Harness h(c);
+  form_view(h, 2);  // both fresh: no state at all
+  const uint64_t e = h.state.view().epoch;
+  uint64_t op = 1;
+  auto sync_fresh = [&] {
+    h.clear();
+    h.feed(10, w::C2M_SyncReport{e, op, st::state(0, {})});
+    h.feed(11, w::C2M_SyncReport{e, op, st::state(0, {})});
+    auto f = h.last<w::M2C_OpFinal>(10);
+    ++op;
+    EXPECT_TRUE(!f || f->ok || f->detail.find("--resume") != std::string::npos) << f->detail;
+    return h.last<w::M2C_SyncElected>(10).has_value();
+  };
+  for (int i = 0; i < 6; ++i) {  // three times the holder wait
+    EXPECT_FALSE(sync_fresh()) << i;
+    h.now += kTimeoutUs;
+    h.feed(10, w::C2M_Heartbeat{});
+    h.feed(11, w::C2M_Heartbeat{});
+  }
+  // A node resumed from a checkpoint of round 30 comes: past the wait, the run goes on from it.
+  h.clear();
+  h.feed(10, w::C2M_SyncReport{e, op, st::state(30, {{"w", 30}})});
+  h.feed(11, w::C2M_SyncReport{e, op, st::state(0, {})});
+  auto el = h.last<w::M2C_SyncElected>(11);
+  ASSERT_TRUE(el);
+  EXPECT_EQ(el->elected.revision, 30u);
+}
+
 }  // namespace st
 
 namespace net = meridian::net;
