@@ -151,24 +151,9 @@ def case_kill_rank():
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not os.path.isdir(os.path.join(d, "checkpoints", "step_00000010")):
         time.sleep(0.1)
-    rank1 = None
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                env = open("/proc/%s/environ" % pid, "rb").read()
-                if b"MERIDIAN_LOCAL_RANK=1\0" in env and d.encode() in open("/proc/%s/cmdline" % pid, "rb").read():
-                    rank1 = int(pid)
-            except OSError:
-                continue
-    if not check("local rank 1 found after 10 steps", rank1 is not None):
+    rank1, rc, took = kill_local_rank1(d, p, 30)
+    if rank1 is None:
         return
-    os.kill(rank1, signal.SIGKILL)
-    t0 = time.monotonic()
-    try:
-        rc = p.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        rc = None
-    took = time.monotonic() - t0
     out = read_text(os.path.join(WORK, "killed.log"))
     check("the node stops within 30 s of the kill (%.1f s), exit status 1" % took, rc == 1, out[-2000:])
     check("the error names local rank 1 and its signal", re.search(r"error: local rank 1 \(pid \d+\) ended with signal 9", out), out[-2000:])
@@ -306,22 +291,30 @@ def local_rank_pid(run_dir, rank):
     return None
 
 
+def kill_local_rank1(run_dir, launcher, timeout):
+    """SIGKILLs local rank 1 of the node in run_dir; (its pid or None, the launcher's exit status, seconds to it)."""
+    victim = local_rank_pid(run_dir, 1)
+    if not check("local rank 1 of %s found" % os.path.basename(run_dir), victim is not None):
+        return None, None, 0.0
+    os.kill(victim, signal.SIGKILL)
+    t0 = time.monotonic()
+    try:
+        rc = launcher.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        rc = None
+    return victim, rc, time.monotonic() - t0
+
+
 def case_diloco_kill():
     coord = coordinator("coord")
     a, b = dnode("a", coord, 2, 4, steps=200), dnode("b", coord, 2, 4, steps=200)
     if not wait_round("b", 2):
         return
-    victim = local_rank_pid(os.path.join(WORK, "b"), 1)
-    if not check("local rank 1 of node b found", victim is not None):
+    victim, rc, took = kill_local_rank1(os.path.join(WORK, "b"), b, 60)
+    if victim is None:
         return
-    os.kill(victim, signal.SIGKILL)
-    t0 = time.monotonic()
-    try:
-        rc = b.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        rc = None
     out = read_text(os.path.join(WORK, "b.log"))
-    check("node b stops within 60 s (%.1f s), exit status 1" % (time.monotonic() - t0), rc == 1, out[-2000:])
+    check("node b stops within 60 s (%.1f s), exit status 1" % took, rc == 1, out[-2000:])
     check("node b names local rank 1 and its signal", re.search(r"local rank 1 \(pid \d+\) ended with signal 9", out), out[-2000:])
     at_kill = max(outer_of("a"), default=0)
     check("node a goes on alone", wait_round("a", at_kill + 2) and outer_of("a")[at_kill + 2]["nodes"] == 1, outer_of("a").get(at_kill + 2))
