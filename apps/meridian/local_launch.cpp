@@ -140,8 +140,11 @@ int launch_local_ranks(int world, const std::string& run_dir, char** argv) {
     const auto grace = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
     while (running > 0 && std::chrono::steady_clock::now() < grace)
       if (!reap()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    // The first cause: a rank that did not abort (SIGABRT is how a rank dies of a broken peer).
-    auto first = std::find_if(failed.begin(), failed.end(), [](const Ended& f) { return !(WIFSIGNALED(f.status) && WTERMSIG(f.status) == SIGABRT); });
+    // The first cause: a rank that did not die of a broken peer (Gloo aborts, SIGABRT, or its
+    // write to the dead peer's socket raises SIGPIPE).
+    auto first = std::find_if(failed.begin(), failed.end(), [](const Ended& f) {
+      return !(WIFSIGNALED(f.status) && (WTERMSIG(f.status) == SIGABRT || WTERMSIG(f.status) == SIGPIPE));
+    });
     if (first == failed.end()) first = failed.begin();
     const int r = first->rank, status = first->status;
     std::string also;
