@@ -56,8 +56,7 @@ NamedTensors Trainer::split_flat(const torch::Tensor& flat) const {
   NamedTensors out;
   int64_t offset = 0;
   for (const auto& [name, shape] : fsdp_->parameter_shapes()) {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
+    const int64_t n = c10::multiply_integers(shape);
     out.emplace_back(name, flat.narrow(0, offset, n).view(shape));
     offset += n;
   }
@@ -70,12 +69,7 @@ void Trainer::scatter_flat(const torch::Tensor& flat, const torch::Tensor& flat_
 }
 
 void Trainer::refresh_outer_full() {
-  NamedTensors full;
-  for (const auto& [name, t] : outer_->state()) {
-    torch::Tensor gathered = gather_flat(t);
-    if (gathered.defined()) full.emplace_back(name, gathered);
-  }
-  outer_full_ = std::move(full);
+  outer_full_ = full_outer_state();
   outer_full_valid_ = true;
 }
 
