@@ -5,7 +5,7 @@
 //                      [--coordinator HOST:PORT --token-file F [--listen HOST:PORT]]   DiLoCo across nodes
 //   meridian info      --model NAME            parameters, FLOPs/token, memory (no allocation)
 //   meridian tokenize  --input FILES --output DIR [--doc-separator S] [--val-fraction X]
-//   meridian bench step --model NAME            inner-step throughput and MFU
+//   meridian bench step --model NAME [--nproc-per-node G]   inner-step throughput and MFU
 //   meridian bench allreduce --peers N --size BYTES --codec C   all-reduce vs c10d Gloo
 //   meridian config    [--list | --print]      every option, or the resolved config
 //   meridian coordinator --listen HOST:PORT --token-file F   the run's membership coordinator
@@ -120,6 +120,13 @@ void watch_stop_signals() {
   }).detach();
 }
 
+// A local rank started by launch_local_ranks joins its node's local group (train/fsdp.h).
+Result<std::unique_ptr<train::LocalGroup>> connect_local_group(const LocalRank& local) {
+  const char* timeout = std::getenv("MERIDIAN_LOCAL_RENDEZVOUS_TIMEOUT_MS");
+  return train::LocalGroup::connect(local.rendezvous, local.rank, local.world,
+                                    std::chrono::milliseconds(timeout ? std::atoll(timeout) : 60'000));
+}
+
 int cmd_train(const ConfigArgs& args, const std::string& resume, const JoinArgs& join, char** argv) {
   std::string checkpoint;
   Result<Config> config = Status::error("unset");
@@ -151,9 +158,7 @@ int cmd_train(const ConfigArgs& args, const std::string& resume, const JoinArgs&
   options.stop = &g_stop;
   std::unique_ptr<train::LocalGroup> group;
   if (nproc > 1) {
-    const char* timeout = std::getenv("MERIDIAN_LOCAL_RENDEZVOUS_TIMEOUT_MS");
-    auto connected = train::LocalGroup::connect(local.rendezvous, local.rank, nproc,
-                                                std::chrono::milliseconds(timeout ? std::atoll(timeout) : 60'000));
+    auto connected = connect_local_group(local);
     if (!connected) return fail(connected.status());
     group = std::move(connected.value());
     options.local_group = group.get();
@@ -262,13 +267,35 @@ int cmd_tokenize(const std::vector<std::string>& inputs, const std::string& outp
 }
 
 // Inner-step throughput on synthetic tokens: what bench/bench_step.sh compares with PyTorch.
-int cmd_bench_step(const ConfigArgs& args, int64_t steps, int64_t warmup) {
+// With --nproc-per-node G the launcher starts G local ranks that shard the model (FSDP over
+// Gloo), each with train.batch_size rows: the figures are for the node, G x batch per step.
+int cmd_bench_step(const ConfigArgs& args, int64_t steps, int64_t warmup, int nproc, char** argv) {
   auto config = resolve_config(args, "debug");
   if (!config) return fail(config.status());
+  if (nproc > 0) config->train.nproc_per_node = nproc;
+  const int G = static_cast<int>(config->train.nproc_per_node);
+  const LocalRank local = local_rank_from_env();
+  if (G > 1 && local.rendezvous.empty()) {
+    std::string dir = (std::filesystem::temp_directory_path() / "meridian-bench-XXXXXX").string();
+    if (::mkdtemp(dir.data()) == nullptr)
+      return fail(Status::error("cannot create a directory for the local ranks' rendezvous in " +
+                                std::filesystem::temp_directory_path().string(), "set TMPDIR to a writable directory"));
+    const int rc = launch_local_ranks(G, dir, argv);
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+    return rc;
+  }
   train::TrainerOptions options;
   options.out = nullptr;
   options.write_run_dir = false;
   options.synthetic_data = true;
+  std::unique_ptr<train::LocalGroup> group;
+  if (G > 1) {
+    auto connected = connect_local_group(local);
+    if (!connected) return fail(connected.status());
+    group = std::move(connected.value());
+    options.local_group = group.get();
+  }
   config->train.steps = steps + warmup;
   auto trainer = train::Trainer::create(config.value(), options);
   if (!trainer) return fail(trainer.status());
@@ -279,15 +306,16 @@ int cmd_bench_step(const ConfigArgs& args, int64_t steps, int64_t warmup) {
   for (int64_t i = 0; i < steps; ++i) {
     auto m = t.train_step();
     seconds += m.step_seconds;
-    tokens += config->train.batch_size * config->train.seq_len * config->train.grad_accum;
+    tokens += G * config->train.batch_size * config->train.seq_len * config->train.grad_accum;
   }
+  if (local.rank != 0) return 0;
   const double tps = tokens / seconds;
   const double fpt = metrics::model_stats(config->model, config->train.seq_len).flops_per_token;
-  std::printf("{\"impl\": \"meridian\", \"model\": \"%s\", \"threads\": %d, \"batch\": %lld, \"seq_len\": %lld, \"steps\": %lld, "
+  std::printf("{\"impl\": \"meridian\", \"model\": \"%s\", \"nproc\": %d, \"threads\": %d, \"batch\": %lld, \"seq_len\": %lld, \"steps\": %lld, "
               "\"step_s\": %.5f, \"tokens_per_s\": %.1f, \"mfu\": %.4f, \"peak_gflops\": %.1f}\n",
-              config->model.name.c_str(), torch::get_num_threads(), static_cast<long long>(config->train.batch_size),
+              config->model.name.c_str(), G, torch::get_num_threads(), static_cast<long long>(config->train.batch_size),
               static_cast<long long>(config->train.seq_len), static_cast<long long>(steps), seconds / steps, tps,
-              fpt * tps / t.peak_flops(), t.peak_flops() / 1e9);
+              fpt * tps / (G * t.peak_flops()), G * t.peak_flops() / 1e9);  // the node: G ranks
   return 0;
 }
 
@@ -374,6 +402,9 @@ int main(int argc, char** argv) {
   bench_step->add_option("--model", bench_model, "preset name (same as --preset)");
   bench_step->add_option("--steps", bench_steps, "timed steps");
   bench_step->add_option("--warmup", bench_warmup, "untimed steps first");
+  int64_t bench_nproc = 0;
+  bench_step->add_option("--nproc-per-node", bench_nproc, "local ranks sharding the model (FSDP), batch_size rows each")
+      ->check(CLI::Range(1, 64));
 
   auto* bench_allreduce = bench->add_subcommand(
       "allreduce", "all-reduce of --size bytes across --peers local peers with --codec, against c10d Gloo (see bench/allreduce)");
@@ -408,7 +439,7 @@ int main(int argc, char** argv) {
     if (*tokenize) return cmd_tokenize(tok_inputs, tok_output, tok_name, tok_options);
     if (*bench_step) {
       if (!bench_model.empty()) bench_args.preset = bench_model;
-      return cmd_bench_step(bench_args, bench_steps, bench_warmup);
+      return cmd_bench_step(bench_args, bench_steps, bench_warmup, static_cast<int>(bench_nproc), argv);
     }
     if (*config) return cmd_config(config_args, config_list);
     if (*coordinator) return run_coordinator_command(coord_listen, coord_token_file, coord_timeout_ms, coord_interval_ms, coord_log,

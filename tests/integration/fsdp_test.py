@@ -18,6 +18,7 @@
     diloco-kill  SIGKILL of local rank 1 of a G = 2 node during its inner steps: the node goes
                  down naming the rank, the other node goes on alone, --resume brings it back
 """
+import json
 import os
 import re
 import signal
@@ -334,10 +335,36 @@ def case_diloco_kill():
     check("node b rejoined with --resume (2 nodes in the last round)", outer_of("a")[50]["nodes"] == 2 if 50 in outer_of("a") else False)
 
 
+def case_bench():
+    """`meridian bench step --nproc-per-node 2` and its PyTorch counterpart (bench/step_torch.py
+    --nproc 2, DistributedDataParallel over Gloo) run and report the node's figures; no timing
+    is asserted (bench/bench_step.sh compares them)."""
+    def json_line(argv):
+        p = subprocess.run(argv, cwd=WORK, capture_output=True, text=True, timeout=300)
+        lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
+        check("%s exits 0 with one JSON line" % " ".join(os.path.basename(a) for a in argv[:3]), p.returncode == 0 and len(lines) == 1,
+              (p.returncode, p.stdout[-800:], p.stderr[-800:]))
+        return json.loads(lines[0]) if lines else {}
+
+    ours = json_line([BIN, "bench", "step", "--preset", "tiny", "--steps", "2", "--warmup", "1", "--nproc-per-node", "2",
+                      "--set", "train.threads=1"])
+    check("meridian: 2 ranks, tokens/s > 0, the node's batch", ours.get("nproc") == 2 and ours.get("tokens_per_s", 0) > 0, ours)
+    shape = subprocess.run([BIN, "config", "--preset", "tiny"], capture_output=True, text=True, check=True).stdout
+    import tomllib
+    c = tomllib.loads(shape)
+    cfg = {k: c["model"][k] for k in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta", "norm_eps",
+                                      "max_seq_len")}
+    cfg.update(batch_size=c["train"]["batch_size"], seq_len=c["train"]["seq_len"])
+    theirs = json_line(["/usr/bin/python3", os.path.join(HERE, "..", "..", "bench", "step_torch.py"), "--config", json.dumps(cfg),
+                        "--steps", "2", "--warmup", "1", "--threads", "2", "--nproc", "2"])
+    check("pytorch: 2 ranks of DistributedDataParallel, tokens/s > 0",
+          theirs.get("nproc") == 2 and theirs.get("tokens_per_s", 0) > 0 and "Distributed" in theirs.get("parallel", ""), theirs)
+
+
 def main():
     license_shards(BIN, WORK)
     {"equivalence": case_equivalence, "resume": case_resume, "kill-rank": case_kill_rank, "bad-input": case_bad_input,
-     "diloco": case_diloco, "diloco-kill": case_diloco_kill}[CASE]()
+     "diloco": case_diloco, "diloco-kill": case_diloco_kill, "bench": case_bench}[CASE]()
     failed = results["failed"] > 0
     stop_all(procs, WORK, failed)
     print("%d passed, %d failed" % (results["passed"], results["failed"]))
