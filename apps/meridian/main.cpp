@@ -37,6 +37,7 @@
 #include "io/safetensors.h"
 #include "metrics/model_stats.h"
 #include "net/membership/wire.h"
+#include "net/rank_ring.h"
 #include "net/transport/socket_util.h"
 #include "train/elastic.h"
 #include "train/trainer.h"
@@ -172,24 +173,40 @@ int cmd_train(const ConfigArgs& args, const std::string& resume, const JoinArgs&
     auto token = net::membership::read_token_file(join.token_file);
     if (!token) return fail(token.status());
   }
-  // With train.nproc_per_node > 1 the node meets the run through local rank 0 (train/local_ranks.cpp).
+  // With train.nproc_per_node > 1 the node meets the run through local rank 0, and local rank
+  // r > 0 all-reduces its shard on a ring of its own (train/local_ranks.cpp): it listens on the
+  // node's host and tells rank 0 its address, which rank 0 registers with the node.
+  std::string listen_address = join.listen;
+  std::unique_ptr<net::RankRing> rank_ring;
+  if (!join.coordinator.empty() && listen_address.empty()) {
+    // Other nodes connect here: the address this host uses to reach the coordinator.
+    auto hp = net::split_host_port(join.coordinator);
+    if (!hp) return fail(Status::error("--coordinator: " + hp.status().message(), "pass HOST:PORT"));
+    auto remote = net::resolve(hp->first, hp->second);
+    if (!remote) return fail(remote.status());
+    auto towards = net::local_address_towards(remote.value());
+    if (!towards) return fail(towards.status());
+    listen_address = towards.value() + ":0";
+  }
+  if (!join.coordinator.empty() && local.rank > 0) {
+    auto token = net::membership::read_token_file(join.token_file);
+    if (!token) return fail(token.status());
+    auto hp = net::split_host_port(listen_address, /*allow_port_zero=*/true);
+    if (!hp) return fail(Status::error("--listen: " + hp.status().message(), "pass HOST:PORT"));
+    auto ring = net::RankRing::listen(token.value(), hp->first + ":0");
+    if (!ring) return fail(ring.status());
+    rank_ring = std::move(ring.value());
+    group->put("ring_address." + std::to_string(local.rank), rank_ring->address());
+    options.rank_ring = rank_ring.get();
+  }
   if (!join.coordinator.empty() && local.rank == 0) {
     auto token = net::membership::read_token_file(join.token_file);
     if (!token) return fail(token.status());
     train::ElasticOptions eo;
     eo.comm.coordinator_address = join.coordinator;
     eo.comm.token = token.value();
-    eo.comm.listen_address = join.listen;
-    if (eo.comm.listen_address.empty()) {
-      // Other nodes connect here: the address this host uses to reach the coordinator.
-      auto hp = net::split_host_port(join.coordinator);
-      if (!hp) return fail(Status::error("--coordinator: " + hp.status().message(), "pass HOST:PORT"));
-      auto remote = net::resolve(hp->first, hp->second);
-      if (!remote) return fail(remote.status());
-      auto local = net::local_address_towards(remote.value());
-      if (!local) return fail(local.status());
-      eo.comm.listen_address = local.value() + ":0";
-    }
+    eo.comm.listen_address = listen_address;
+    for (int r = 1; r < nproc; ++r) eo.comm.rank_addresses.push_back(group->take("ring_address." + std::to_string(r)));
     eo.comm.topology_timeout_ms = static_cast<int64_t>(config->diloco.round_timeout_s * 1000);
     eo.codec = *net::parse_codec(config->diloco.codec);
     eo.min_nodes = static_cast<size_t>(config->diloco.min_nodes);

@@ -61,7 +61,19 @@ std::optional<bool> CoordinatorState::final_of(uint64_t epoch, uint64_t op_id) c
 int64_t CoordinatorState::next_deadline_us() const {
   int64_t t = INT64_MAX;
   for (const auto& [id, p] : peers_) t = std::min(t, p.last_heard_us + config_.heartbeat_timeout_us);
+  if (in_restart_grace()) t = std::min(t, first_event_us_ + config_.heartbeat_timeout_us);
   return t;
+}
+
+// A restarted coordinator of a run with progress (its run log names a revision) knows no view
+// until a member re-registers with the one it holds. A joiner that registers first must not be
+// admitted into a view of its own meanwhile: the members coming back a moment later would then
+// be joiners too, admitted mid-round beside a node at its round start. So for one heartbeat
+// timeout from its start, while it has neither re-created nor published a view, it admits
+// nobody; a member re-attaching ends the wait, and so does the timeout (the members are gone).
+bool CoordinatorState::in_restart_grace() const {
+  return config_.known_revision > 0 && !published_ && !restored_ && first_event_us_ >= 0 &&
+         now_us_ - first_event_us_ < config_.heartbeat_timeout_us;
 }
 
 CoordinatorState::PeerRecord* CoordinatorState::peer_on(ConnId conn) {
@@ -74,6 +86,7 @@ CoordinatorState::PeerRecord* CoordinatorState::peer_on(ConnId conn) {
 std::vector<Action> CoordinatorState::handle(const Event& event, int64_t now_us) {
   Out out;
   now_us_ = now_us;
+  if (first_event_us_ < 0) first_event_us_ = now_us;
   if (const auto* m = std::get_if<EvMessage>(&event)) {
     on_message(m->conn, m->message, now_us, out);
   } else if (const auto* d = std::get_if<EvDisconnected>(&event)) {
@@ -94,6 +107,7 @@ std::vector<Action> CoordinatorState::handle(const Event& event, int64_t now_us)
       remove_peer(id, "evicted", "silent for " + std::to_string(ms) + " ms (heartbeat timeout " +
                           std::to_string(config_.heartbeat_timeout_us / 1000) + " ms)", out);
     }
+    try_complete_barrier(out);  // a barrier held by the restart grace may complete now
   }
   update_phase();
   check_consistency();
@@ -200,6 +214,7 @@ void CoordinatorState::on_join(ConnId conn, const wire::C2M_Join& join, int64_t 
       PeerRecord& r = peers_[m.peer_id];
       r.id = m.peer_id;
       r.address = m.address;
+      r.rank_addresses = m.rank_addresses;
       r.phase = PeerPhase::kMember;
       if (r.conn == kNoConn) r.last_heard_us = now_us;  // absent ones get one timeout to come back
       next_peer_id_ = std::max(next_peer_id_, m.peer_id + 1);
@@ -244,6 +259,7 @@ void CoordinatorState::on_join(ConnId conn, const wire::C2M_Join& join, int64_t 
     PeerRecord r;
     r.id = id;
     r.address = join.listen_address;
+    r.rank_addresses = join.rank_addresses;
     r.phase = PeerPhase::kJoining;
     peers_[id] = r;
   }
@@ -359,6 +375,7 @@ void CoordinatorState::try_complete_barrier(Out& out) {
   }
   if (members_waiting < members) return;          // a member has not called update_topology yet
   if (members + joiners_waiting == 0) return;     // nobody waits
+  if (members == 0 && in_restart_grace()) return;  // the run's members may still re-attach
   if (members + joiners_waiting < need) return;   // bootstrap: not enough peers yet
   if (members > 0 && !admit) joiners_waiting = 0;  // a retry mid-round: joiners wait for the next barrier
   if (joiners_waiting > 0) {
@@ -369,7 +386,7 @@ void CoordinatorState::try_complete_barrier(Out& out) {
       if (p.phase == PeerPhase::kJoining && p.at_barrier) {
         p.phase = PeerPhase::kMember;
         p.unsynced = true;
-        next.push_back(wire::ViewMember{id, p.address});
+        next.push_back(wire::ViewMember{id, p.address, p.rank_addresses});
         who += " " + std::to_string(id);
         admitted.push_back(id);
       }

@@ -46,7 +46,10 @@
 //   * Soft state: after a restart the coordinator knows nothing. A peer re-registers with its
 //     previous id and the view it holds; the first such peer re-creates that view (same epoch,
 //     all its members, the absent ones as not yet reconnected), the others re-attach to it.
-//     Members that never come back are evicted by the heartbeat rule, so the run goes on. A
+//     Members that never come back are evicted by the heartbeat rule, so the run goes on. Until
+//     a member re-attaches (for at most one heartbeat timeout), a restarted coordinator of a run
+//     with progress admits no joiner: one admitted first would turn the returning members into
+//     joiners, mid-round beside a node at its round start. A
 //     re-registering peer also tells the last final status it received, so that members that
 //     missed it (the old coordinator died while sending it) get the same one.
 //
@@ -181,6 +184,7 @@ class CoordinatorState {
   struct PeerRecord {
     PeerId id = kNoPeer;
     std::string address;
+    std::vector<std::string> rank_addresses;  // its local ranks' ring addresses (wire::ViewMember)
     PeerPhase phase = PeerPhase::kJoining;
     ConnId conn = kNoConn;  // kNoConn: restored from a re-registration, not reconnected yet
     int64_t last_heard_us = 0;
@@ -242,6 +246,8 @@ class CoordinatorState {
   bool published_ = false;                // this incarnation has published a view
   std::map<OpKey, OpRecord> ops_;         // the oldest finals are forgotten first
   int64_t now_us_ = 0;                    // of the event being handled
+  int64_t first_event_us_ = -1;           // this incarnation's first event (its start)
+  bool in_restart_grace() const;          // see coordinator_state.cpp
   uint64_t run_revision_ = 0;             // the run's progress: see CoordinatorConfig::known_revision
   int64_t holder_wait_since_us_ = -1;     // syncs refused since then for want of a holder; -1: none
 };

@@ -12,8 +12,10 @@
 //
 // The points (grep MERIDIAN_FAULT_POINT for the list): checkpoint.* (every write, fsync and
 // rename of a checkpoint save, io/checkpoint.cpp), diloco.all_reduce (a node enters a round's
-// all-reduce, train/elastic.cpp), state_sync.transfer (a sync has its elected hashes) and
-// state_sync.serve (the same, on a member that others download from; net/communicator.cpp).
+// all-reduce, train/elastic.cpp), diloco.rank_ring (local rank r > 0 of a node enters its ring's
+// part of the all-reduce, train/local_ranks.cpp), state_sync.transfer (a sync has its elected hashes) and
+// state_sync.serve (the same, on a member that others download from), communicator.mesh (a peer
+// builds the mesh of a new view; net/communicator.cpp).
 //
 // Deliberately not here: faults of the network (the simulated transport draws those) and
 // probabilities (a fault point fires at a count, so a failure replays exactly).

@@ -101,6 +101,7 @@ Status Communicator::register_once(int64_t deadline_us, bool* refused) {
     std::lock_guard<std::mutex> lock(mutex_);
     join.previous_peer_id = peer_id_;
     join.listen_address = listen_address_;
+    join.rank_addresses = options_.rank_addresses;
     join.last_view = held_view_;
     if (!finals_.empty()) {
       const ms::M2C_OpFinal& f = finals_.rbegin()->second;
@@ -245,6 +246,16 @@ void Communicator::on_control_message(const ms::ControlMessage& m) {
 // ---- the caller's API ------------------------------------------------------------------------
 
 Status Communicator::update_topology(size_t min_members, bool admit_joiners) {
+  for (;;) {
+    bool view_moved = false;
+    const Status st = barrier_and_mesh(min_members, admit_joiners, &view_moved);
+    if (!view_moved) return st;
+    // A member died or froze while the others built the mesh: the coordinator removed it and
+    // published a newer view. Meet again (the next barrier adopts that view).
+  }
+}
+
+Status Communicator::barrier_and_mesh(size_t min_members, bool admit_joiners, bool* view_moved) {
   if (left_) return Status::error("update_topology after leave()");
   const int64_t deadline = ms::steady_now_us() + options_.topology_timeout_ms * 1000;
   ms::C2M_UpdateTopology request{view_.epoch, static_cast<uint32_t>(min_members), admit_joiners};
@@ -306,10 +317,22 @@ Status Communicator::update_topology(size_t min_members, bool admit_joiners) {
     auto mesh = std::make_unique<ms::MeshTransport>(mesh_options, listen_fd_);
     std::vector<std::string> addresses;
     for (const ms::ViewMember& m : next.members) addresses.push_back(m.address);
-    const Status st = mesh->connect_mesh(static_cast<PeerId>(rank), addresses, mesh_deadline);
+    const auto newer_view = [this, epoch = next.epoch] {
+      std::lock_guard<std::mutex> lock(mutex_);
+      return newest_epoch_ > epoch || !fatal_.is_ok();
+    };
+    MERIDIAN_FAULT_POINT("communicator.mesh");  // the N-th mesh this peer builds (a new view)
+    const Status st = mesh->connect_mesh(static_cast<PeerId>(rank), addresses, mesh_deadline, newer_view);
     view_ = next;
     rank_ = rank;
-    if (!st.is_ok()) return st.with_context("update_topology (view epoch " + std::to_string(next.epoch) + ")");
+    if (!st.is_ok()) {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!fatal_.is_ok()) return fatal_;
+        *view_moved = newest_epoch_ > next.epoch;
+      }
+      return st.with_context("update_topology (view epoch " + std::to_string(next.epoch) + ")");
+    }
     runner_ = std::make_unique<AllReduceRunner>(*mesh);
     sync_runner_ = std::make_unique<StateSyncRunner>(*mesh);
     std::lock_guard<std::mutex> lock(mutex_);
@@ -371,6 +394,15 @@ NetStatus Communicator::finish_op(uint64_t epoch, uint64_t op_id, const NetStatu
 }
 
 NetStatus Communicator::all_reduce(float* buffer, size_t count, Codec codec, ReduceOp op, OpStats* stats) {
+  return all_reduce(buffer, count, codec, op, nullptr, stats);
+}
+
+bool Communicator::view_changed_since(uint64_t epoch) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return newest_epoch_ > epoch || !fatal_.is_ok();
+}
+
+NetStatus Communicator::all_reduce(float* buffer, size_t count, Codec codec, ReduceOp op, OtherRings* others, OpStats* stats) {
   const int64_t start_us = ms::steady_now_us();
   const int64_t deadline = start_us + options_.op_timeout_ms * 1000;
   if (!runner_) return NetStatus::error(NetCode::kClosed, kNoPeer, "all_reduce without a view: call update_topology first");
@@ -393,9 +425,19 @@ NetStatus Communicator::all_reduce(float* buffer, size_t count, Codec codec, Red
   AllReduceStats ar_stats;
   // In place: a local failure leaves the buffer as it was; a local success that the coordinator
   // does not confirm (another member failed) is undone.
-  const NetStatus local = runner_->run(ranks, std::span<float>(buffer, count), ar, &ar_stats);
+  if (others != nullptr) others->start(view_, rank_, ar);
+  NetStatus local = runner_->run(ranks, std::span<float>(buffer, count), ar, &ar_stats);
+  if (others != nullptr) {
+    // The operation is ok for this node only if every ring is: their outcome joins ours.
+    const NetStatus theirs = others->finish(local, [&] { return view_changed_since(epoch); });
+    if (local.is_ok() && !theirs.is_ok()) {
+      runner_->restore_input();
+      local = theirs;
+    }
+  }
   const NetStatus st = finish_op(epoch, op_id, local, deadline);
   if (!st.is_ok() && local.is_ok()) runner_->restore_input();
+  if (others != nullptr) others->end(st.is_ok());
   if (stats != nullptr) {
     stats->op_id = op_id;
     stats->epoch = epoch;

@@ -55,6 +55,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -82,6 +83,25 @@ struct CommunicatorOptions {
   int64_t op_timeout_ms = 60000;            // one all_reduce, final status included
   int64_t reconnect_timeout_ms = 60000;     // the coordinator may be away this long
   uint16_t protocol_version = membership::kProtocolVersion;  // tests only: speak another version
+  // A node of G > 1 local ranks: the ring addresses of ranks 1..G-1 (membership::ViewMember).
+  std::vector<std::string> rank_addresses;
+};
+
+// The other rings of an all-reduce whose data are cut among a node's local ranks: local rank r
+// of every node reduces shard r on a mesh of its own (train/local_ranks.cpp), this
+// communicator's mesh carrying rank 0's. The operation has one final status for all rings of
+// all nodes: it commits only when every ring of every member succeeded.
+class OtherRings {
+ public:
+  virtual ~OtherRings() = default;
+  // Before this mesh's part: the other rings start the operation named by view.epoch and
+  // options.op_id among the view's members (this node is member `self`).
+  virtual void start(const membership::View& view, size_t self, const AllReduceOptions& options) = 0;
+  // After it (`ours`: its local outcome): the other rings' combined local outcome. When ours
+  // failed, or once stale() (the view changed) is true, the rings are interrupted.
+  virtual NetStatus finish(const NetStatus& ours, const std::function<bool()>& stale) = 0;
+  // The final status: the rings keep their results (true) or put their buffers back.
+  virtual void end(bool commit) = 0;
 };
 
 // Statistics of one all_reduce.
@@ -129,6 +149,10 @@ class Communicator {
 
   // Sum or mean of `count` floats across the view's members. On error the buffer is unchanged.
   NetStatus all_reduce(float* buffer, size_t count, Codec codec, ReduceOp op, OpStats* stats = nullptr);
+  // The same with the node's other rings (see OtherRings): `buffer` is rank 0's shard.
+  NetStatus all_reduce(float* buffer, size_t count, Codec codec, ReduceOp op, OtherRings* others, OpStats* stats);
+  // A newer view than `epoch` was published (or the coordinator is gone): any thread.
+  bool view_changed_since(uint64_t epoch) const;
 
   // Collective over the view's members: afterwards every member holds the elected version of
   // the shared state (see the file comment). On error the state is unchanged or exactly the
@@ -144,6 +168,9 @@ class Communicator {
 
  private:
   explicit Communicator(const CommunicatorOptions& options);
+  // One barrier and the mesh of its view; *view_moved: a newer view came while the mesh was
+  // built (update_topology meets again).
+  Status barrier_and_mesh(size_t min_members, bool admit_joiners, bool* view_moved);
   void control_loop();                       // the control thread
   Status register_once(int64_t deadline_us, bool* refused);  // control thread
   void on_control_message(const membership::ControlMessage& m);  // control thread, mutex_ held

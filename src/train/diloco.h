@@ -22,6 +22,10 @@
 #include "core/status.h"
 #include "train/optimizer.h"
 
+namespace meridian::net {
+class OtherRings;  // net/communicator.h
+}
+
 namespace meridian::train {
 
 class Trainer;  // train/trainer.h
@@ -52,6 +56,14 @@ class RoundSync {
   virtual Status begin_round(Trainer&, RoundStats*) { return Status::ok(); }
   virtual Status all_reduce_mean(float* data, size_t count, RoundStats* stats) = 0;
   virtual int world_size() const = 0;
+  // A node of G > 1 local ranks: whether every member of this round's view has G local ranks
+  // too, so that the pseudo-gradient all-reduce runs on one ring per local rank index (data:
+  // local rank 0's shard here, the other shards on `others`). Otherwise local rank 0 reduces
+  // the whole pseudo-gradient in the layout of a one-rank node.
+  virtual bool rings_per_local_rank(int /*local_world*/) const { return false; }
+  virtual Status all_reduce_mean(float* data, size_t count, RoundStats* stats, net::OtherRings* /*others*/) {
+    return all_reduce_mean(data, count, stats);
+  }
 };
 
 class LocalReducer final : public RoundSync {

@@ -103,13 +103,20 @@ Status ElasticRounds::begin_round(Trainer& trainer, RoundStats* stats) {
   return Status::ok();
 }
 
-Status ElasticRounds::all_reduce_mean(float* data, size_t count, RoundStats* stats) {
+bool ElasticRounds::rings_per_local_rank(int local_world) const {
+  const auto& members = comm_->view().members;
+  return local_world > 1 && !members.empty() && std::all_of(members.begin(), members.end(), [&](const net::membership::ViewMember& m) {
+           return m.rank_addresses.size() == static_cast<size_t>(local_world - 1);
+         });
+}
+
+Status ElasticRounds::all_reduce_mean(float* data, size_t count, RoundStats* stats, net::OtherRings* others) {
   MERIDIAN_ASSERT(trainer_ != nullptr, "all_reduce_mean before begin_round");
   MERIDIAN_FAULT_POINT("diloco.all_reduce");  // the N-th round's all-reduce (MERIDIAN_FAULT=diloco.all_reduce@N)
   for (;;) {
     stats->nodes = world_size();
     net::OpStats op;
-    const net::NetStatus st = comm_->all_reduce(data, count, options_.codec, net::ReduceOp::kMean, &op);
+    const net::NetStatus st = comm_->all_reduce(data, count, options_.codec, net::ReduceOp::kMean, others, &op);
     stats->all_reduce_s += op.seconds;
     stats->all_reduce_bytes_sent += op.bytes_sent;
     if (st.is_ok()) return Status::ok();
@@ -193,8 +200,9 @@ net::NetStatus ElasticRounds::sync_run_state(Trainer& trainer, RoundStats* stats
   net::SharedState state;
   if (has_state_) {
     for (const auto& [name, t] : trainer.outer_state()) put_tensor(state, name, t);
-    put_tensor(state, kCounters, torch::tensor({trainer.step(), trainer.tokens_seen(), rounds_before}, torch::kLong));
-    put_text(state, kCursor, trainer.data_cursor());
+    const Trainer::Progress progress = trainer.run_progress();  // the round's start, during its all-reduce
+    put_tensor(state, kCounters, torch::tensor({progress.step, progress.tokens, rounds_before}, torch::kLong));
+    put_text(state, kCursor, progress.cursor);
     put_text(state, kModelHash, model);
     state.set_revision(static_cast<uint64_t>(rounds_before));
   }

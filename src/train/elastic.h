@@ -61,8 +61,10 @@ class ElasticRounds final : public RoundSync {
   static Result<std::unique_ptr<ElasticRounds>> connect(ElasticOptions options);
 
   Status begin_round(Trainer& trainer, RoundStats* stats) override;
-  Status all_reduce_mean(float* data, size_t count, RoundStats* stats) override;
+  Status all_reduce_mean(float* data, size_t count, RoundStats* stats) override { return all_reduce_mean(data, count, stats, nullptr); }
+  Status all_reduce_mean(float* data, size_t count, RoundStats* stats, net::OtherRings* others) override;
   int world_size() const override;
+  bool rings_per_local_rank(int local_world) const override;
 
   Status leave();
   net::PeerId peer_id() const { return comm_->peer_id(); }

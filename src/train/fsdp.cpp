@@ -83,7 +83,18 @@ void LocalGroup::post(const std::string& message) {
 
 std::string LocalGroup::receive() {
   MERIDIAN_ASSERT(rank_ != 0, "LocalGroup::receive on local rank 0");
-  const std::string key = "message." + std::to_string(messages_++);
+  return wait_and_get("message." + std::to_string(messages_++));
+}
+
+void LocalGroup::put(const std::string& key, const std::string& value) {
+  store_->set("value." + key, std::vector<uint8_t>(value.begin(), value.end()));
+}
+
+bool LocalGroup::has(const std::string& key) { return store_->check({"value." + key}); }
+
+std::string LocalGroup::take(const std::string& key) { return wait_and_get("value." + key); }
+
+std::string LocalGroup::wait_and_get(const std::string& key) {
   for (;;) {
     try {
       store_->wait({key}, std::chrono::seconds(10));

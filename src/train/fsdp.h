@@ -65,9 +65,15 @@ class LocalGroup {
   // the wait with the node. Kept in the rendezvous store, not in the collectives' timeouts.
   void post(const std::string& message);
   std::string receive();
+  // Named values any rank may set and any rank read (a rank's outcome for rank 0, a flag):
+  // has() does not wait, take() waits like receive().
+  void put(const std::string& key, const std::string& value);
+  bool has(const std::string& key);
+  std::string take(const std::string& key);
 
  private:
   LocalGroup() = default;
+  std::string wait_and_get(const std::string& store_key);  // waits without bound (see receive)
   c10::intrusive_ptr<c10d::Store> store_;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
   int rank_ = 0, size_ = 1;

@@ -396,19 +396,9 @@ Status Trainer::outer_step() {
   MERIDIAN_ASSERT(outer_ != nullptr, "outer_step without diloco.enabled");
   const auto t0 = Clock::now();
   torch::Tensor delta = outer_->pseudo_gradient();  // f32 [N], or this rank's shards with G > 1
-  // The reducer works on host memory; a device buffer makes a round trip. With G > 1 the whole
-  // pseudo-gradient is gathered on local rank 0, which reduces it with the other nodes.
-  torch::Tensor host = fsdp_ ? gather_flat(delta) : delta.device().is_cpu() ? delta : delta.to(torch::kCPU);
-  const double local_norm = host.defined() ? host.norm().item<double>() : 0.0;
+  double local_norm = 0;
+  MERIDIAN_RETURN_IF_ERROR(all_reduce_pseudo_gradient(delta, &local_norm));
   RoundStats& rs = round_.stats;
-  if (!fsdp_) {
-    MERIDIAN_RETURN_IF_ERROR(options_.round_sync->all_reduce_mean(host.data_ptr<float>(), static_cast<size_t>(host.numel()), &rs));
-  } else if (local_lead()) {
-    MERIDIAN_RETURN_IF_ERROR(
-        tell_local_ranks(options_.round_sync->all_reduce_mean(host.data_ptr<float>(), static_cast<size_t>(host.numel()), &rs), rs));
-  } else {
-    MERIDIAN_RETURN_IF_ERROR(follow_local_rank0(&rs));
-  }
   if (rs.restarted) {
     if (options_.out) {
       std::fprintf(options_.out, "# this node was behind the run: its round is discarded; it trains the run's round %lld from step %lld\n",
@@ -424,9 +414,8 @@ Status Trainer::outer_step() {
     round_open_ = true;
     return Status::ok();
   }
-  if (fsdp_) scatter_flat(host, delta);  // each rank its shards of the mean
-  else if (!delta.device().is_cpu()) delta.copy_(host);
   outer_->step(delta);
+  round_start_.reset();  // the round is over: the run's state is the current one
   if (fsdp_) {
     refresh_outer_full();  // for the hash, and the next round start's sync
     if (!local_lead()) return Status::ok();  // rank 0 reports the round
@@ -440,9 +429,10 @@ Status Trainer::outer_step() {
   const std::string hash = io::tensors_hash({{"theta", outer_state[0].second}});
   if (options_.out) {
     std::fprintf(options_.out,
-                 "outer  round %lld | step %lld | nodes %d | loss %.4f | |delta| %.4f | all-reduce %.3f s %.2f MB %.3f Gbit/s%s | "
+                 "outer  round %lld | step %lld | nodes %d | loss %.4f | |delta| %.4f | all-reduce%s %.3f s %.2f MB %.3f Gbit/s%s | "
                  "barrier %.3f s | state sync %.3f s | util %.1f%% | theta %s\n",
-                 static_cast<long long>(outer_->rounds()), static_cast<long long>(step_), rs.nodes, loss, local_norm, rs.all_reduce_s,
+                 static_cast<long long>(outer_->rounds()), static_cast<long long>(step_), rs.nodes, loss, local_norm,
+                 rings_ ? fmt::format(" ({} rings)", local_world()).c_str() : "", rs.all_reduce_s,
                  rs.all_reduce_bytes_sent / 1e6, gbit, rs.retries > 0 ? fmt::format(" ({} retries)", rs.retries).c_str() : "",
                  rs.barrier_s, rs.state_sync_s, 100.0 * utilization, hash.substr(0, 16).c_str());
     std::fflush(options_.out);
@@ -460,6 +450,7 @@ Status Trainer::outer_step() {
                            {"state_bytes_downloaded", rs.state_bytes_downloaded},
                            {"all_reduce_s", rs.all_reduce_s},
                            {"bytes_sent", rs.all_reduce_bytes_sent},
+                           {"rings", rings_ ? local_world() : 1},  // all-reduces in parallel, one per local rank
                            {"gbit_per_s", gbit},
                            {"retries", rs.retries},
                            {"joined", rs.joined},

@@ -27,6 +27,10 @@
 #include "train/fsdp.h"
 #include "train/optimizer.h"
 
+namespace meridian::net {
+class RankRing;  // net/rank_ring.h
+}
+
 namespace meridian::train {
 
 struct StepMetrics {
@@ -67,6 +71,10 @@ struct TrainerOptions {
   // them (train/fsdp.h), each trains on its rows of the global batch; only rank 0 writes the run
   // directory. nullptr: one process holds the whole model.
   LocalGroup* local_group = nullptr;
+  // Local rank r > 0 of a DiLoCo node: the ring on which it all-reduces its shard of the
+  // pseudo-gradient with local rank r of the other nodes (net/rank_ring.h); nullptr: rank 0
+  // reduces the whole pseudo-gradient.
+  net::RankRing* rank_ring = nullptr;
 };
 
 class Trainer {
@@ -105,6 +113,15 @@ class Trainer {
   // A round begins with this node as rank `node_rank` of `nodes`: each local rank takes its
   // share of the node's data shard, and the parameters are set to the outer theta.
   void start_round_as(int node_rank, int nodes);
+  // The counters and data cursor of the run's state: as they were at the start of the round in
+  // progress (from start_round_as to its outer step), so that a sync during the all-reduce's
+  // retries publishes the state the round began from, the one that goes with outer_state();
+  // outside a round, the current ones.
+  struct Progress {
+    int64_t step = 0, tokens = 0;
+    std::string cursor;
+  };
+  Progress run_progress() const;
   OuterOptimizer* outer() { return outer_.get(); }  // this rank's shard of the outer state
   int64_t tokens_seen() const { return tokens_seen_; }
   void set_progress(int64_t step, int64_t tokens_seen);
@@ -140,8 +157,12 @@ class Trainer {
 
   // DiLoCo with G > 1 (train/local_ranks.cpp). Local rank 0 runs the RoundSync and tells the
   // other ranks what it needs from them and what came of it; they follow until it says "done".
-  Status follow_local_rank0(RoundStats* stats);
+  // `shard`: this rank's pseudo-gradient shard, during an all-reduce on one ring per local rank.
+  Status follow_local_rank0(RoundStats* stats, torch::Tensor* shard = nullptr);
   Status tell_local_ranks(Status result, const RoundStats& stats);
+  // One outer all-reduce of the pseudo-gradient `delta` (this rank's flat shards with G > 1),
+  // in place; sets *norm to the node's |delta| before it.
+  Status all_reduce_pseudo_gradient(torch::Tensor& delta, double* norm);
   // flat f32 shards laid out like fsdp_->shards() <-> f32 [N] in module order (rank 0 only).
   std::vector<torch::Tensor> unit_views(const torch::Tensor& flat_shards) const;
   torch::Tensor gather_flat(const torch::Tensor& flat_shards);
@@ -180,6 +201,10 @@ class Trainer {
   NamedTensors outer_full_;
   bool outer_full_valid_ = false;             // the same on every local rank
   std::optional<std::pair<int, int>> node_shard_;  // rank 0: start_round_as since the last tell
+  // G > 1: this round's all-reduce runs on one ring per local rank (RoundSync::rings_per_local_rank,
+  // decided by rank 0 at the round start and told to the others).
+  bool rings_ = false;
+  std::optional<Progress> round_start_;  // see run_progress()
   std::vector<torch::Tensor> params_;
   std::optional<data::TokenLoader> train_data_;   // data.train_path
   std::optional<data::MixtureLoader> mixture_;    // data.mixture (instead of train_data_)

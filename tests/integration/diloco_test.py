@@ -378,11 +378,33 @@ def case_slow_round_join():
     hashes_agree(["a", "b"])
 
 
+def case_kill_in_mesh():
+    """A joiner is SIGKILLed after its admission, as the members build the mesh of the view that
+    holds it (fault point communicator.mesh): the members give that mesh up when the
+    coordinator removes the joiner and meet again without it, instead of waiting for its
+    connections until diloco.round_timeout_s (30 minutes by default)."""
+    coord = coordinator()
+    args = dict(steps=300, H=10, min_nodes=2)
+    a, b = nodes(coord, "ab", **args)
+    wait_for("round 2 on a", round_reached("a", 2))
+    c = node("c", coord, env_extra={"MERIDIAN_FAULT": "communicator.mesh@1"}, **args)
+    check("c died building the mesh of its first view", wait_exit(c) == -signal.SIGKILL and
+          "fault point communicator.mesh reached" in log_of("c"), log_of("c")[-1500:])
+    finished(a, "a")
+    finished(b, "b")
+    rounds = outer("a")
+    check("a trained every round", sorted(rounds) == list(range(1, 31)), sorted(rounds))
+    slowest = max(rounds.values(), key=lambda j: j["barrier_s"], default={})
+    check("the longest round start took %.1f s (c's removal, not diloco.round_timeout_s)" % slowest.get("barrier_s", -1),
+          0 <= slowest.get("barrier_s", 1e9) < 120, slowest)
+    hashes_agree(["a", "b"])
+
+
 CASES = {"exact": case_exact, "kill-inner": case_kill_inner, "kill-all-reduce": case_kill_all_reduce,
          "all-but-one": case_all_but_one_die, "join": case_join, "kill-transfer": case_kill_transfer,
          "leave-rejoin": case_leave_rejoin, "coordinator-restart": case_coordinator_restart,
          "first-barrier-timeout": case_first_barrier_timeout, "stale-return": case_stale_return,
-         "slow-round-join": case_slow_round_join}
+         "slow-round-join": case_slow_round_join, "kill-in-mesh": case_kill_in_mesh}
 
 try:
     setup()

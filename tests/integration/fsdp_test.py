@@ -187,9 +187,11 @@ def case_bad_input():
 TOKEN = os.path.join(WORK, "token")
 
 
-def spawn(name, args):
+def spawn(name, args, env=None):
     log = open(os.path.join(WORK, name + ".log"), "w")
-    p = subprocess.Popen([BIN] + args, cwd=WORK, stdout=log, stderr=subprocess.STDOUT)
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    p = subprocess.Popen([BIN] + args, cwd=WORK, stdout=log, stderr=subprocess.STDOUT, env=full_env)
     p.name = name
     procs.append(p)
     return p
@@ -205,14 +207,14 @@ def coordinator(name):
     return address or "127.0.0.1:1"
 
 
-def dnode(name, coord, g, batch, steps=12, resume=False):
+def dnode(name, coord, g, batch, steps=12, resume=False, env=None):
     """A DiLoCo node of G local ranks (fp32 codec, H = 4) of the global batch 8."""
     join = ["--coordinator", coord, "--token-file", TOKEN, "--nproc-per-node", str(g)]
     if resume:
-        return spawn(name + "-resumed", ["train", "--resume", os.path.join(WORK, name), "--set", "train.threads=1"] + join)
+        return spawn(name + "-resumed", ["train", "--resume", os.path.join(WORK, name), "--set", "train.threads=1"] + join, env)
     return spawn(name, ["train"] + run_args("tiny", os.path.join(WORK, name), steps, batch,
                                             ["--set", "diloco.enabled=true", "--set", "diloco.inner_steps=4", "--set", "diloco.min_nodes=2",
-                                             "--set", "diloco.codec=fp32", "--set", "train.checkpoint_every=4"]) + join)
+                                             "--set", "diloco.codec=fp32", "--set", "train.checkpoint_every=4"]) + join, env)
 
 
 def ended(p, timeout=300):
@@ -254,6 +256,8 @@ def case_diloco():
             ended(p)
         one_hash_per_round(["g%da" % g, "g%db" % g])
         check("G = %d: 3 rounds of 2 nodes" % g, [j["nodes"] for j in outer_of("g%da" % g).values()] == [2, 2, 2], outer_of("g%da" % g))
+        rings = [j.get("rings") for n in ("g%da" % g, "g%db" % g) for j in outer_of(n).values()]
+        check("G = %d: the all-reduce ran on %d ring(s) per node every round" % (g, g), rings == [g] * 6, rings)
     # Which node of a run reads which data shard is its rank in the view (the order the nodes
     # registered), so the G = 2 run's nodes are matched with the G = 1 run's by their state.
     def moments(name):
@@ -287,6 +291,8 @@ def case_diloco():
               rounds_c)
         check("the joiner received the run state", "received the run state" in read_text(os.path.join(WORK, "mixed-c.log")))
         check("the last round had 3 nodes", outer_of("mixed-a")[30]["nodes"] == 3 if 30 in outer_of("mixed-a") else False)
+        rings = {j.get("rings") for n in ("mixed-b", "mixed-c") for j in outer_of(n).values()}
+        check("nodes of different G: rank 0 reduced the whole pseudo-gradient (one ring)", rings == {1}, rings)
 
 
 def local_rank_pid(run_dir, rank):
@@ -315,18 +321,36 @@ def kill_local_rank1(run_dir, launcher, timeout):
     return victim, rc, time.monotonic() - t0
 
 
-def case_diloco_kill():
+def case_diloco_kill(during_all_reduce=False):
+    """SIGKILL of local rank 1 of node b during the inner steps, or (during_all_reduce) as it
+    enters its ring's part of round 3's all-reduce (fault point diloco.rank_ring)."""
     coord = coordinator("coord")
-    a, b = dnode("a", coord, 2, 4, steps=200), dnode("b", coord, 2, 4, steps=200)
-    if not wait_round("b", 2):
-        return
-    victim, rc, took = kill_local_rank1(os.path.join(WORK, "b"), b, 60)
-    if victim is None:
-        return
-    out = read_text(os.path.join(WORK, "b.log"))
-    check("node b stops within 60 s (%.1f s), exit status 1" % took, rc == 1, out[-2000:])
+    env = {"MERIDIAN_FAULT": "diloco.rank_ring@3"} if during_all_reduce else None
+    a, b = dnode("a", coord, 2, 4, steps=200), dnode("b", coord, 2, 4, steps=200, env=env)
+    if during_all_reduce:
+        t0 = time.monotonic()
+        try:
+            rc = b.wait(timeout=240)
+        except subprocess.TimeoutExpired:
+            rc = None
+        took = time.monotonic() - t0
+        out = read_text(os.path.join(WORK, "b.log"))
+        check("local rank 1 of node b reached the fault point in its ring", "fault point diloco.rank_ring reached" in
+              read_text(os.path.join(WORK, "b", "rank_1.log")))
+    else:
+        if not wait_round("b", 2):
+            return
+        victim, rc, took = kill_local_rank1(os.path.join(WORK, "b"), b, 60)
+        if victim is None:
+            return
+        out = read_text(os.path.join(WORK, "b.log"))
+    check("node b stops (%.1f s after %s), exit status 1" % (took, "its start" if during_all_reduce else "the kill"), rc == 1, out[-2000:])
     check("node b names local rank 1 and its signal", re.search(r"local rank 1 \(pid \d+\) ended with signal 9", out), out[-2000:])
     at_kill = max(outer_of("a"), default=0)
+    if during_all_reduce and wait_round("a", 3):
+        r3 = outer_of("a")[3]
+        check("node a retried round 3's all-reduce alone (%d retries, %.2f s)" % (r3.get("retries", 0), r3["all_reduce_s"]),
+              r3["nodes"] == 1 and r3.get("retries", 0) >= 1, r3)
     check("node a goes on alone", wait_round("a", at_kill + 2) and outer_of("a")[at_kill + 2]["nodes"] == 1, outer_of("a").get(at_kill + 2))
     b2 = dnode("b", coord, 2, 4, resume=True)
     ended(a, timeout=600)
@@ -364,7 +388,8 @@ def case_bench():
 def main():
     license_shards(BIN, WORK)
     {"equivalence": case_equivalence, "resume": case_resume, "kill-rank": case_kill_rank, "bad-input": case_bad_input,
-     "diloco": case_diloco, "diloco-kill": case_diloco_kill, "bench": case_bench}[CASE]()
+     "diloco": case_diloco, "diloco-kill": case_diloco_kill,
+     "diloco-kill-ring": lambda: case_diloco_kill(during_all_reduce=True), "bench": case_bench}[CASE]()
     failed = results["failed"] > 0
     stop_all(procs, WORK, failed)
     print("%d passed, %d failed" % (results["passed"], results["failed"]))

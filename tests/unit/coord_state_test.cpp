@@ -89,6 +89,11 @@ std::vector<PeerId> ids(const w::View& v) {
 void form_view(Harness& h, size_t n) {
   for (size_t i = 0; i < n; ++i) h.join(10 + i, "127.0.0.1:" + std::to_string(5000 + i));
   for (size_t i = 0; i < n; ++i) h.feed(10 + i, w::C2M_UpdateTopology{0, static_cast<uint32_t>(n)});
+  if (h.state.view().members.empty()) {  // a restarted coordinator's grace (known_revision > 0)
+    h.now += kTimeoutUs;
+    for (size_t i = 0; i < n; ++i) h.feed(10 + i, w::C2M_Heartbeat{});
+    h.tick();
+  }
 }
 
 TEST(CoordState, JoinersWaitForTheBarrierOfAllMembers) {
@@ -308,6 +313,43 @@ TEST(CoordState, RestartedCoordinatorIsRepopulatedByItsPeers) {
   h.tick();
   EXPECT_EQ(ids(h.state.view()), (std::vector<PeerId>{held.members[0].peer_id, held.members[1].peer_id}));
   EXPECT_GE(h.state.view().epoch, uint64_t{7} << kEpochSequenceBits);
+}
+
+// Seen in a chaos soak: after a coordinator restart a joiner registered first and was admitted
+// into a view of its own; the members that re-registered a moment later, mid-round, became
+// joiners of the next view beside it, a node at its round start.
+TEST(CoordState, RestartedCoordinatorAdmitsNoJoinerBeforeTheMembersCanReattach) {
+  const w::View held{(uint64_t{6} << kEpochSequenceBits) + 3, 4, {{5, "127.0.0.1:5005"}, {6, "127.0.0.1:5006"}}};
+  CoordinatorConfig c = config();
+  c.incarnation = 7;
+  c.known_revision = 12;  // the run log says the run has progress
+  Harness h(c);
+  const PeerId joiner = h.join(30, "127.0.0.1:9999");
+  h.feed(30, w::C2M_UpdateTopology{0, 0});
+  EXPECT_FALSE(h.last_barrier(30).has_value()) << "a joiner alone was admitted before the members could re-attach";
+  // A member re-attaches: its view is re-created, the joiner stays a joiner.
+  EXPECT_EQ(h.join(20, held.members[0].address, held.members[0].peer_id, held), held.members[0].peer_id);
+  EXPECT_EQ(h.state.view(), held);
+  EXPECT_FALSE(h.last_barrier(30).has_value());
+  for (const auto& m : h.state.view().members) EXPECT_NE(m.peer_id, joiner);
+}
+
+TEST(CoordState, RestartedCoordinatorAdmitsTheJoinerOnceNoMemberCameBackInTime) {
+  CoordinatorConfig c = config();
+  c.incarnation = 7;
+  c.known_revision = 12;
+  Harness h(c);
+  const PeerId joiner = h.join(30, "127.0.0.1:9999");
+  h.feed(30, w::C2M_UpdateTopology{0, 0});
+  EXPECT_FALSE(h.last_barrier(30).has_value());
+  EXPECT_EQ(h.state.next_deadline_us(), kTimeoutUs);  // the daemon ticks when the grace ends
+  h.now = kTimeoutUs - 1;
+  h.feed(30, w::C2M_Heartbeat{});
+  h.now = kTimeoutUs;
+  h.tick();
+  auto v = h.last_barrier(30);
+  ASSERT_TRUE(v);
+  EXPECT_EQ(ids(v->view), (std::vector<PeerId>{joiner}));
 }
 
 // Found by the simulation: a newcomer registered with a fresh coordinator before

@@ -38,7 +38,7 @@ M2C_SyncElected sync_elected_sample() {
 }
 
 std::vector<ControlMessage> samples() {
-  View v{42, 3, {{0, "10.0.0.1:4000"}, {7, "host-b:4001"}}};
+  View v{42, 3, {{0, "10.0.0.1:4000"}, {7, "host-b:4001", {"host-b:4101", "host-b:4102"}}}};
   Hello hello;
   hello.role = Role::kPeerToPeer;
   hello.epoch = 9;
@@ -50,6 +50,7 @@ std::vector<ControlMessage> samples() {
           ProofMsg{},
           Verdict{false, "wrong run token"},
           C2M_Join{5, "127.0.0.1:5000", v},
+          C2M_Join{5, "127.0.0.1:5000", v, 1, 2, true, {"127.0.0.1:5001"}},
           C2M_Heartbeat{},
           C2M_UpdateTopology{42, 3},
           C2M_UpdateTopology{42, 0, false},
@@ -71,6 +72,8 @@ TEST(NetMembershipWire, EveryMessageRoundTrips) {
     ASSERT_TRUE(back) << message_name(m) << ": " << back.status().message();
     EXPECT_EQ(back->index(), m.index()) << message_name(m);
     EXPECT_EQ(encode_message(*back), bytes) << message_name(m);
+    if (const auto* join = std::get_if<C2M_Join>(&m)) EXPECT_EQ(std::get<C2M_Join>(*back), *join);
+    if (const auto* view = std::get_if<M2C_View>(&m)) EXPECT_EQ(std::get<M2C_View>(*back), *view);
   }
 }
 

@@ -48,8 +48,10 @@ class MeshTransport final : public Transport {
   // each; stray, unauthenticated or other-view connections to the listener are refused and
   // ignored. Fails, with the peers still missing, if the mesh is not complete by deadline_us
   // (steady clock).
-  Status connect_mesh(PeerId self, const std::vector<std::string>& peer_addresses, int64_t deadline_us) {
-    return tcp_->connect_mesh(self, peer_addresses, deadline_us);
+  // Stops early once `cancelled` says so (see TcpTransport::connect_mesh).
+  Status connect_mesh(PeerId self, const std::vector<std::string>& peer_addresses, int64_t deadline_us,
+                      const std::function<bool()>& cancelled = {}) {
+    return tcp_->connect_mesh(self, peer_addresses, deadline_us, cancelled);
   }
 
   PeerId self() const override { return tcp_->self(); }

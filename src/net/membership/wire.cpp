@@ -32,6 +32,11 @@ class Writer {
   }
   template <size_t N>
   void arr(const std::array<uint8_t, N>& a) { raw(a.data(), N); }
+  void strings(const std::vector<std::string>& v) {
+    MERIDIAN_ASSERT(v.size() <= kMaxRankAddresses, "{} rank addresses", v.size());
+    u32(static_cast<uint32_t>(v.size()));
+    for (const std::string& s : v) str(s);
+  }
   void view(const View& v) {
     MERIDIAN_ASSERT(v.members.size() <= kMaxViewMembers, "view of {} members", v.members.size());
     u64(v.epoch);
@@ -40,6 +45,7 @@ class Writer {
     for (const ViewMember& m : v.members) {
       u32(m.peer_id);
       str(m.address);
+      strings(m.rank_addresses);
     }
   }
   void digest(const BufferDigest& d) {
@@ -81,6 +87,16 @@ class Reader {
   }
   template <size_t N>
   void arr(std::array<uint8_t, N>* a) { raw(a->data(), N); }
+  std::vector<std::string> strings() {
+    const uint32_t n = u32();
+    std::vector<std::string> v;
+    if (!ok_ || n > kMaxRankAddresses) {
+      ok_ = false;
+      return v;
+    }
+    for (uint32_t i = 0; i < n && ok_; ++i) v.push_back(str());
+    return v;
+  }
   View view() {
     View v;
     v.epoch = u64();
@@ -94,6 +110,7 @@ class Reader {
       ViewMember m;
       m.peer_id = u32();
       m.address = str();
+      m.rank_addresses = strings();
       v.members.push_back(std::move(m));
     }
     return v;
@@ -172,6 +189,7 @@ struct Encoder {
     w.u64(m.last_final_epoch);
     w.u64(m.last_final_op_id);
     w.u8(m.last_final_ok ? 1 : 0);
+    w.strings(m.rank_addresses);
     return w.take();
   }
   std::vector<std::byte> operator()(const C2M_Heartbeat&) const { return Writer(MsgType::kC2M_Heartbeat).take(); }
@@ -396,6 +414,7 @@ Result<ControlMessage> decode_message(std::span<const std::byte> payload) {
       const uint8_t ok = r.u8();
       if (ok > 1 && r.ok()) return Status::error("C2M_Join: bad flag");
       m.last_final_ok = ok == 1;
+      m.rank_addresses = r.strings();
       return finish(r, m, "C2M_Join");
     }
     case MsgType::kC2M_Heartbeat:

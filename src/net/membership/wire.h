@@ -38,11 +38,13 @@
 namespace meridian::net::membership {
 
 inline constexpr uint32_t kControlFrameMagic = 0x4643524du;  // "MRCF" little-endian
-inline constexpr uint16_t kProtocolVersion = 3;
+inline constexpr uint16_t kProtocolVersion = 4;  // 4: members carry their local ranks' addresses
 inline constexpr size_t kFrameHeaderBytes = 8;
 inline constexpr size_t kMaxControlMessageBytes = 1u << 20;
 inline constexpr size_t kMaxStringBytes = 4096;
 inline constexpr size_t kMaxViewMembers = 4096;
+// A node of G local ranks lists the mesh addresses of ranks 1..G-1 (at most this many).
+inline constexpr size_t kMaxRankAddresses = 63;
 inline constexpr size_t kNonceBytes = 32;
 inline constexpr size_t kProofBytes = 32;
 // Shared-state sync: at most this many buffers per report, names at most this long, so that a
@@ -99,6 +101,9 @@ struct Verdict {
 struct ViewMember {
   PeerId peer_id = kNoPeer;
   std::string address;  // "host:port" where the peer accepts mesh connections
+  // A node of G > 1 local ranks: where local ranks 1..G-1 accept the connections of their ring
+  // (local rank r of every node all-reduces shard r, train/local_ranks.cpp); empty: G = 1.
+  std::vector<std::string> rank_addresses = {};
   bool operator==(const ViewMember&) const = default;
 };
 // A membership view: the members in rank order. Epoch 0 is "no view yet". The epoch changes
@@ -121,6 +126,7 @@ struct C2M_Join {
   uint64_t last_final_epoch = 0;
   uint64_t last_final_op_id = 0;
   bool last_final_ok = false;
+  std::vector<std::string> rank_addresses = {};  // see ViewMember
   bool operator==(const C2M_Join&) const = default;
 };
 struct C2M_Heartbeat {

@@ -155,7 +155,11 @@ TcpTransport::~TcpTransport() {
   }
 }
 
-Status TcpTransport::connect_mesh(PeerId self, const std::vector<std::string>& peer_addresses, int64_t deadline_us) {
+Status TcpTransport::connect_mesh(PeerId self, const std::vector<std::string>& peer_addresses, int64_t deadline_us,
+                                  const std::function<bool()>& cancelled) {
+  const auto cancel_status = [] {
+    return Status::error(std::string(kMeshCancelled) + ": a newer view was published while this one's mesh was built");
+  };
   MERIDIAN_ASSERT(!io_thread_.joinable(), "connect_mesh called twice");
   MERIDIAN_ASSERT(self < peer_addresses.size(), "self {} not among {} peers", self, peer_addresses.size());
   self_ = self;
@@ -193,10 +197,13 @@ Status TcpTransport::connect_mesh(PeerId self, const std::vector<std::string>& p
         const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (fd < 0) return Status::error(errno_text("socket"));
         tune_socket(fd, options_.socket_buffer_bytes);
-        const int err = connect_by_deadline(fd, *addr, deadline_us);
+        // Each attempt is bounded, so that a frozen peer (its kernel completes the connect, it
+        // never answers the handshake) does not hold the build past a cancellation.
+        const int64_t attempt_deadline = std::min(deadline_us, steady_now_us() + kHandshakeTimeoutUs);
+        const int err = connect_by_deadline(fd, *addr, attempt_deadline);
         if (err == 0) {
           bool refused = false;
-          last = handshake_connect(fd, self, peer, stream, peer_addresses[peer], deadline_us, &refused);
+          last = handshake_connect(fd, self, peer, stream, peer_addresses[peer], attempt_deadline, &refused);
           if (last.is_ok()) {
             add_connection(fd, peer, stream);
             break;
@@ -206,6 +213,7 @@ Status TcpTransport::connect_mesh(PeerId self, const std::vector<std::string>& p
           last = Status::error(std::string("connect: ") + std::strerror(err));
         }
         ::close(fd);
+        if (cancelled && cancelled()) return cancel_status();
         if (steady_now_us() >= deadline_us) {
           return Status::error("cannot connect to peer " + std::to_string(peer) + " at " + peer_addresses[peer] +
                                    " before the deadline: " + (refusal.is_ok() ? last : refusal).message(),
@@ -228,8 +236,11 @@ Status TcpTransport::connect_mesh(PeerId self, const std::vector<std::string>& p
   size_t missing = (peer_count_ - 1 - self) * streams;
   std::string last_refusal;
   while (missing > 0) {
+    if (cancelled && cancelled()) return cancel_status();
     pollfd pfd{listen_fd_, POLLIN, 0};
-    if (::poll(&pfd, 1, poll_timeout_ms(deadline_us)) <= 0) {
+    const int ready = ::poll(&pfd, 1, std::min(50, poll_timeout_ms(deadline_us)));
+    if (ready <= 0 && steady_now_us() < deadline_us) continue;  // a slice ended: look at `cancelled` again
+    if (ready <= 0) {
       std::string who;
       for (PeerId p = self + 1; p < peer_count_; ++p) {
         const size_t have = std::count_if(streams_[p].begin(), streams_[p].end(), [](Connection* c) { return c; });

@@ -75,6 +75,9 @@ struct TcpTransportOptions {
   TcpHandshake handshake = {};            // empty: the plain P2P_Hello
 };
 
+// The message of a connect_mesh that `cancelled` stopped begins with this.
+inline constexpr const char* kMeshCancelled = "mesh build cancelled";
+
 class TcpTransport final : public Transport {
  public:
   // Binds and listens. Fails with the address and errno text.
@@ -91,8 +94,12 @@ class TcpTransport final : public Transport {
   // Builds the mesh: peer_addresses[i] is "host:port" of peer i (this peer's own entry is not
   // used). Peers with a larger id connect to those with a smaller one, streams_per_peer times
   // each; stray or garbage connections to the listener are closed and ignored. Fails, with
-  // the peers still missing, if the mesh is not complete by deadline_us (steady clock).
-  Status connect_mesh(PeerId self, const std::vector<std::string>& peer_addresses, int64_t deadline_us);
+  // the peers still missing, if the mesh is not complete by deadline_us (steady clock), or
+  // as soon as `cancelled` (polled every few tens of ms; a handshake waits at most 2 s) says
+  // so: a member died or froze while the others build the mesh, and the coordinator published
+  // the view without it. A cancelled build returns kMeshCancelled in the message.
+  Status connect_mesh(PeerId self, const std::vector<std::string>& peer_addresses, int64_t deadline_us,
+                      const std::function<bool()>& cancelled = {});
 
   PeerId self() const override { return self_; }
   size_t peer_count() const override { return peer_count_; }
