@@ -121,11 +121,16 @@ void watch_stop_signals() {
   }).detach();
 }
 
-// A local rank started by launch_local_ranks joins its node's local group (train/fsdp.h).
-Result<std::unique_ptr<train::LocalGroup>> connect_local_group(const LocalRank& local) {
+// A local rank started by launch_local_ranks joins its node's local group (train/fsdp.h), which
+// the trainer then shards the model over.
+Status join_local_group(const LocalRank& local, std::unique_ptr<train::LocalGroup>* group, train::TrainerOptions* options) {
   const char* timeout = std::getenv("MERIDIAN_LOCAL_RENDEZVOUS_TIMEOUT_MS");
-  return train::LocalGroup::connect(local.rendezvous, local.rank, local.world,
-                                    std::chrono::milliseconds(timeout ? std::atoll(timeout) : 60'000));
+  auto connected = train::LocalGroup::connect(local.rendezvous, local.rank, local.world,
+                                              std::chrono::milliseconds(timeout ? std::atoll(timeout) : 60'000));
+  if (!connected) return connected.status();
+  *group = std::move(connected.value());
+  options->local_group = group->get();
+  return Status::ok();
 }
 
 int cmd_train(const ConfigArgs& args, const std::string& resume, const JoinArgs& join, char** argv) {
@@ -159,19 +164,18 @@ int cmd_train(const ConfigArgs& args, const std::string& resume, const JoinArgs&
   options.stop = &g_stop;
   std::unique_ptr<train::LocalGroup> group;
   if (nproc > 1) {
-    auto connected = connect_local_group(local);
-    if (!connected) return fail(connected.status());
-    group = std::move(connected.value());
-    options.local_group = group.get();
+    if (Status st = join_local_group(local, &group, &options); !st.is_ok()) return fail(st);
     std::printf("# local rank %d of %d: model sharded across the node's ranks (FSDP over Gloo)\n", local.rank, nproc);
   }
   std::unique_ptr<train::ElasticRounds> rounds;
+  std::string token;
   if (!join.coordinator.empty()) {
     if (!config->diloco.enabled)
       return fail(Status::error("--coordinator given, but diloco.enabled is false", "add --set diloco.enabled=true (nodes meet once per DiLoCo round)"));
     if (join.token_file.empty()) return fail(Status::error("--coordinator needs --token-file", "pass the file holding the run token"));
-    auto token = net::membership::read_token_file(join.token_file);
-    if (!token) return fail(token.status());
+    auto read = net::membership::read_token_file(join.token_file);
+    if (!read) return fail(read.status());
+    token = read.value();
   }
   // With train.nproc_per_node > 1 the node meets the run through local rank 0, and local rank
   // r > 0 all-reduces its shard on a ring of its own (train/local_ranks.cpp): it listens on the
@@ -189,22 +193,18 @@ int cmd_train(const ConfigArgs& args, const std::string& resume, const JoinArgs&
     listen_address = towards.value() + ":0";
   }
   if (!join.coordinator.empty() && local.rank > 0) {
-    auto token = net::membership::read_token_file(join.token_file);
-    if (!token) return fail(token.status());
     auto hp = net::split_host_port(listen_address, /*allow_port_zero=*/true);
     if (!hp) return fail(Status::error("--listen: " + hp.status().message(), "pass HOST:PORT"));
-    auto ring = net::RankRing::listen(token.value(), hp->first + ":0");
+    auto ring = net::RankRing::listen(token, hp->first + ":0");
     if (!ring) return fail(ring.status());
     rank_ring = std::move(ring.value());
     group->put("ring_address." + std::to_string(local.rank), rank_ring->address());
     options.rank_ring = rank_ring.get();
   }
   if (!join.coordinator.empty() && local.rank == 0) {
-    auto token = net::membership::read_token_file(join.token_file);
-    if (!token) return fail(token.status());
     train::ElasticOptions eo;
     eo.comm.coordinator_address = join.coordinator;
-    eo.comm.token = token.value();
+    eo.comm.token = token;
     eo.comm.listen_address = listen_address;
     for (int r = 1; r < nproc; ++r) eo.comm.rank_addresses.push_back(group->take("ring_address." + std::to_string(r)));
     eo.comm.topology_timeout_ms = static_cast<int64_t>(config->diloco.round_timeout_s * 1000);
@@ -307,12 +307,8 @@ int cmd_bench_step(const ConfigArgs& args, int64_t steps, int64_t warmup, int np
   options.write_run_dir = false;
   options.synthetic_data = true;
   std::unique_ptr<train::LocalGroup> group;
-  if (G > 1) {
-    auto connected = connect_local_group(local);
-    if (!connected) return fail(connected.status());
-    group = std::move(connected.value());
-    options.local_group = group.get();
-  }
+  if (G > 1)
+    if (Status st = join_local_group(local, &group, &options); !st.is_ok()) return fail(st);
   config->train.steps = steps + warmup;
   auto trainer = train::Trainer::create(config.value(), options);
   if (!trainer) return fail(trainer.status());

@@ -317,12 +317,9 @@ Status Communicator::barrier_and_mesh(size_t min_members, bool admit_joiners, bo
     auto mesh = std::make_unique<ms::MeshTransport>(mesh_options, listen_fd_);
     std::vector<std::string> addresses;
     for (const ms::ViewMember& m : next.members) addresses.push_back(m.address);
-    const auto newer_view = [this, epoch = next.epoch] {
-      std::lock_guard<std::mutex> lock(mutex_);
-      return newest_epoch_ > epoch || !fatal_.is_ok();
-    };
     MERIDIAN_FAULT_POINT("communicator.mesh");  // the N-th mesh this peer builds (a new view)
-    const Status st = mesh->connect_mesh(static_cast<PeerId>(rank), addresses, mesh_deadline, newer_view);
+    const Status st = mesh->connect_mesh(static_cast<PeerId>(rank), addresses, mesh_deadline,
+                                         [this, epoch = next.epoch] { return view_changed_since(epoch); });
     view_ = next;
     rank_ = rank;
     if (!st.is_ok()) {
