@@ -305,6 +305,10 @@ Status validate(const Config& c) {
   need(c.diloco.outer_momentum >= 0 && c.diloco.outer_momentum < 1, "diloco.outer_momentum must be in [0, 1)");
   need(c.diloco.codec == "int8" || c.diloco.codec == "fp32" || c.diloco.codec == "bf16" || c.diloco.codec == "fp16",
        fmt::format("diloco.codec must be int8, fp32, bf16 or fp16, got '{}'", c.diloco.codec));
+  need(c.diloco.overlap == "none" || c.diloco.overlap == "delayed" || c.diloco.overlap == "eager",
+       fmt::format("diloco.overlap must be none, delayed or eager, got '{}'", c.diloco.overlap));
+  need(c.diloco.overlap == "none" || t.nproc_per_node == 1,
+       "diloco.overlap delayed or eager needs train.nproc_per_node = 1 (nodes of several local ranks overlap nothing yet)");
   need(c.diloco.min_nodes >= 1, fmt::format("diloco.min_nodes must be >= 1, got {}", c.diloco.min_nodes));
   need(c.diloco.round_timeout_s > 0, "diloco.round_timeout_s must be > 0");
   need(!c.data.train_path.empty() || !c.data.mixture.empty(), "data.train_path (or data.mixture) must name the training shards");

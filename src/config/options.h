@@ -52,6 +52,7 @@
   X(double, outer_lr, 0.7, "", "outer Nesterov learning rate")                                     \
   X(double, outer_momentum, 0.9, "", "outer Nesterov momentum (lower, e.g. 0.5, for few rounds or a large inner lr)") \
   X(std::string, codec, "int8", "", "pseudo-gradient wire codec: int8 | fp32 | bf16 | fp16")        \
+  X(std::string, overlap, "none", "", "the all-reduce behind the next round's compute: none | delayed | eager (docs/algorithms.md)") \
   X(int64_t, min_nodes, 1, "nodes", "the first round waits until this many nodes are there")         \
   X(double, round_timeout_s, 1800, "s", "longest wait at a round start for the other nodes")
 

@@ -377,7 +377,11 @@ void CoordinatorState::try_complete_barrier(Out& out) {
   if (members + joiners_waiting == 0) return;     // nobody waits
   if (members == 0 && in_restart_grace()) return;  // the run's members may still re-attach
   if (members + joiners_waiting < need) return;   // bootstrap: not enough peers yet
-  if (members > 0 && !admit) joiners_waiting = 0;  // a retry mid-round: joiners wait for the next barrier
+  uint32_t held_back = 0;  // told to the members, who may meet again to admit them
+  if (members > 0 && !admit) {  // a retry mid-round: joiners wait for the next barrier
+    held_back = static_cast<uint32_t>(joiners_waiting);
+    joiners_waiting = 0;
+  }
   if (joiners_waiting > 0) {
     std::vector<wire::ViewMember> next = view_.members;
     std::string who;
@@ -413,7 +417,7 @@ void CoordinatorState::try_complete_barrier(Out& out) {
   for (auto& [id, p] : peers_) {
     if (p.phase == PeerPhase::kMember) {
       p.at_barrier = false;
-      if (p.conn != kNoConn) out.push_back(Action::send(p.conn, wire::M2C_View{view_, true}));
+      if (p.conn != kNoConn) out.push_back(Action::send(p.conn, wire::M2C_View{view_, true, held_back}));
     }
   }
   tell_joiners(out);

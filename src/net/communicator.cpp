@@ -218,6 +218,7 @@ void Communicator::on_control_message(const ms::ControlMessage& m) {
     newest_epoch_ = std::max(newest_epoch_, v->view.epoch);
     if (v->barrier && pending_update_) {
       barrier_view_ = v->view;
+      barrier_joiners_waiting_ = v->joiners_waiting;
       pending_update_.reset();
     }
     if (running_op_ != 0 && v->view.epoch > running_epoch_ && mesh_) {
@@ -294,6 +295,7 @@ Status Communicator::barrier_and_mesh(size_t min_members, bool admit_joiners, bo
     }
     next = *barrier_view_;
     barrier_view_.reset();
+    joiners_waiting_ = barrier_joiners_waiting_;
     self = peer_id_;
   }
   const auto me = std::find_if(next.members.begin(), next.members.end(),
@@ -392,6 +394,21 @@ NetStatus Communicator::finish_op(uint64_t epoch, uint64_t op_id, const NetStatu
 
 NetStatus Communicator::all_reduce(float* buffer, size_t count, Codec codec, ReduceOp op, OpStats* stats) {
   return all_reduce(buffer, count, codec, op, nullptr, stats);
+}
+
+NetStatus PendingAllReduce::finish(OpStats* stats) {
+  MERIDIAN_ASSERT(result_.valid(), "PendingAllReduce::finish without an operation");
+  auto [status, op] = result_.get();
+  if (stats) *stats = op;
+  return status;
+}
+
+PendingAllReduce Communicator::start_all_reduce(float* buffer, size_t count, Codec codec, ReduceOp op) {
+  return PendingAllReduce(std::async(std::launch::async, [this, buffer, count, codec, op] {
+    OpStats stats;
+    NetStatus st = all_reduce(buffer, count, codec, op, &stats);
+    return std::pair{st, stats};
+  }));
 }
 
 bool Communicator::view_changed_since(uint64_t epoch) const {

@@ -56,6 +56,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -130,6 +131,23 @@ struct SyncOpStats {
   double gbit_per_s() const { return transfer_seconds > 0 ? bytes_downloaded * 8.0 / transfer_seconds / 1e9 : 0.0; }
 };
 
+// An all_reduce that runs on a thread of its own (Communicator::start_all_reduce), with the
+// same guarantees as the blocking call: one final status for all members, the buffer as before
+// on error. Until finish() returns, the caller leaves the buffer alone and calls no other
+// method of the Communicator.
+class PendingAllReduce {
+ public:
+  PendingAllReduce() = default;
+  explicit PendingAllReduce(std::future<std::pair<NetStatus, OpStats>> result) : result_(std::move(result)) {}
+  bool valid() const { return result_.valid(); }
+  bool done() const { return result_.wait_for(std::chrono::seconds(0)) == std::future_status::ready; }
+  // Waits for the operation's end (once).
+  NetStatus finish(OpStats* stats = nullptr);
+
+ private:
+  std::future<std::pair<NetStatus, OpStats>> result_;
+};
+
 class Communicator {
  public:
   static Result<std::unique_ptr<Communicator>> connect(const CommunicatorOptions& options);
@@ -146,11 +164,16 @@ class Communicator {
   // so on stderr at every period); a peer of a new run, waiting for min_members, gives up
   // after topology_timeout_ms.
   Status update_topology(size_t min_members = 0, bool admit_joiners = true);
+  // After an update_topology without admissions: how many joiners were waiting at that barrier
+  // (the same number on every member; see M2C_View::joiners_waiting).
+  size_t joiners_waiting() const { return joiners_waiting_; }
 
   // Sum or mean of `count` floats across the view's members. On error the buffer is unchanged.
   NetStatus all_reduce(float* buffer, size_t count, Codec codec, ReduceOp op, OpStats* stats = nullptr);
   // The same with the node's other rings (see OtherRings): `buffer` is rank 0's shard.
   NetStatus all_reduce(float* buffer, size_t count, Codec codec, ReduceOp op, OtherRings* others, OpStats* stats);
+  // all_reduce in the background; see PendingAllReduce.
+  PendingAllReduce start_all_reduce(float* buffer, size_t count, Codec codec, ReduceOp op);
   // A newer view than `epoch` was published (or the coordinator is gone): any thread.
   bool view_changed_since(uint64_t epoch) const;
 
@@ -193,6 +216,7 @@ class Communicator {
   size_t rank_ = 0;
   uint64_t op_seq_ = 0;                      // operations started since the last barrier
   bool votes_ = false;                       // an ok sync since this peer was admitted
+  size_t joiners_waiting_ = 0;               // told by the last barrier
   std::unique_ptr<AllReduceRunner> runner_;  // per mesh
   std::unique_ptr<StateSyncRunner> sync_runner_;  // per mesh
   bool left_ = false;
@@ -207,6 +231,7 @@ class Communicator {
   bool registered_ = false;                  // welcome received on the current connection
   Status fatal_;                             // the coordinator refused us, or stayed away too long
   std::optional<membership::View> barrier_view_;   // answer to the pending update_topology
+  uint32_t barrier_joiners_waiting_ = 0;           // ... and its joiners_waiting
   std::optional<membership::C2M_UpdateTopology> pending_update_;
   membership::View held_view_;               // what we tell a (restarted) coordinator we hold
   membership::View run_view_;                // the run's view as last told, this peer in it or not

@@ -25,20 +25,25 @@ OuterOptimizer::OuterOptimizer(NamedTensors params, OuterOptions options) : opti
   }
 }
 
-torch::Tensor OuterOptimizer::pseudo_gradient() {
+torch::Tensor OuterOptimizer::pseudo_gradient_from(const torch::Tensor& start) {
   torch::NoGradGuard no_grad;
   int64_t offset = 0;
   for (auto& p : params_) {
     const int64_t n = p.numel();
-    // delta = theta - params, in fp32 whatever the parameters' dtype.
+    // delta = start - params, in fp32 whatever the parameters' dtype.
     torch::Tensor out = delta_.narrow(0, offset, n);
-    torch::sub_out(out, theta_.narrow(0, offset, n), p.detach().reshape({-1}).to(torch::kFloat));
+    torch::sub_out(out, start.narrow(0, offset, n), p.detach().reshape({-1}).to(torch::kFloat));
     offset += n;
   }
   return delta_;
 }
 
 void OuterOptimizer::step(const torch::Tensor& delta_mean) {
+  apply(delta_mean);
+  copy_theta_to_params();
+}
+
+void OuterOptimizer::apply(const torch::Tensor& delta_mean) {
   MERIDIAN_ASSERT(delta_mean.numel() == theta_.numel(), "pseudo-gradient of {} values for {} parameters", delta_mean.numel(), theta_.numel());
   torch::NoGradGuard no_grad;
   const auto& delta = delta_mean.scalar_type() == torch::kFloat ? delta_mean : delta_mean.to(torch::kFloat);
@@ -46,14 +51,22 @@ void OuterOptimizer::step(const torch::Tensor& delta_mean) {
   momentum_.mul_(options_.momentum).add_(delta);
   theta_.add_(delta.add(momentum_, options_.momentum), -options_.lr);
   ++rounds_;
-  copy_theta_to_params();
 }
 
-void OuterOptimizer::copy_theta_to_params() {
+void OuterOptimizer::overlap_start(const torch::Tensor& delta, bool eager, torch::Tensor& out) const {
+  torch::NoGradGuard no_grad;
+  const double lr = options_.lr, mu = options_.momentum;
+  if (eager)
+    torch::sub_out(out, theta_, (delta * (1.0 + mu) + momentum_ * (mu * mu)) * lr);
+  else
+    torch::sub_out(out, theta_, delta);
+}
+
+void OuterOptimizer::copy_to_params(const torch::Tensor& flat) {
   torch::NoGradGuard no_grad;
   int64_t offset = 0;
   for (auto& p : params_) {
-    p.copy_(theta_.narrow(0, offset, p.numel()).view(p.sizes()));
+    p.copy_(flat.narrow(0, offset, p.numel()).view(p.sizes()));
     offset += p.numel();
   }
 }

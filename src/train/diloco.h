@@ -64,6 +64,26 @@ class RoundSync {
   virtual Status all_reduce_mean(float* data, size_t count, RoundStats* stats, net::OtherRings* /*others*/) {
     return all_reduce_mean(data, count, stats);
   }
+
+  // diloco.overlap (train/overlap.cpp). A round start that may hold the joiners back
+  // (admit_joiners = false) and says how many were waiting, the same number on every member.
+  virtual Status begin_round(Trainer& trainer, RoundStats* stats, bool /*admit_joiners*/, size_t* joiners_waiting) {
+    *joiners_waiting = 0;
+    return begin_round(trainer, stats);
+  }
+  // The all-reduce of all_reduce_mean, running in the background from start to finish (which
+  // waits for it); the caller leaves `data` and this RoundSync alone meanwhile. Retries are
+  // made in the background too. If this node turns out to be behind the run meanwhile, finish
+  // takes the run's state into the trainer and returns RoundStats::restarted, as all_reduce_mean.
+  virtual void start_all_reduce_mean(float* data, size_t count) {
+    pending_data_ = data;
+    pending_count_ = count;
+  }
+  virtual Status finish_all_reduce_mean(RoundStats* stats) { return all_reduce_mean(pending_data_, pending_count_, stats); }
+
+ private:
+  float* pending_data_ = nullptr;
+  size_t pending_count_ = 0;
 };
 
 class LocalReducer final : public RoundSync {
@@ -84,11 +104,24 @@ class OuterOptimizer {
 
   int64_t numel() const { return theta_.numel(); }
   // theta - params, flattened (f32 [N]); the returned tensor is a reused buffer.
-  torch::Tensor pseudo_gradient();
+  torch::Tensor pseudo_gradient() { return pseudo_gradient_from(theta_); }
+  // start - params (f32 [N]): the progress of a round that began at `start` (diloco.overlap).
+  torch::Tensor pseudo_gradient_from(const torch::Tensor& start);
   // The outer Nesterov step with the averaged pseudo-gradient (f32 [N]), then params <- theta.
   void step(const torch::Tensor& delta_mean);
+  // The same step on theta and the momentum only; the parameters are left as they are.
+  void apply(const torch::Tensor& delta_mean);
   // params <- theta (casting to the parameters' dtype).
-  void copy_theta_to_params();
+  void copy_theta_to_params() { copy_to_params(theta_); }
+  void copy_to_params(const torch::Tensor& flat);  // f32 [N]
+  const torch::Tensor& theta() const { return theta_; }
+  const torch::Tensor& momentum() const { return momentum_; }
+  const OuterOptions& options() const { return options_; }
+  // diloco.overlap: where the next round starts while the mean of `delta` (this node's
+  // pseudo-gradient of the round just ended) is in flight: theta - delta (delayed), or the
+  // outer step with delta in place of the mean, the momentum left as it is (eager):
+  // theta - lr ((1 + mu) delta + mu^2 m).
+  void overlap_start(const torch::Tensor& delta, bool eager, torch::Tensor& out) const;
   int64_t rounds() const { return rounds_; }
 
   // "outer.theta" and "outer.momentum", both f32 [N].

@@ -103,6 +103,48 @@ Status ElasticRounds::begin_round(Trainer& trainer, RoundStats* stats) {
   return Status::ok();
 }
 
+Status ElasticRounds::begin_round(Trainer& trainer, RoundStats* stats, bool admit_joiners, size_t* joiners_waiting) {
+  trainer_ = &trainer;
+  MERIDIAN_RETURN_IF_ERROR(meet(trainer, admit_joiners, stats));
+  *joiners_waiting = admit_joiners ? 0 : comm_->joiners_waiting();
+  trainer.start_round_as(static_cast<int>(comm_->rank()), world_size());
+  stats->nodes = world_size();
+  return Status::ok();
+}
+
+void ElasticRounds::start_all_reduce_mean(float* data, size_t count) {
+  MERIDIAN_ASSERT(!pending_.valid(), "start_all_reduce_mean: one is in flight already");
+  background_ = true;
+  pending_ = std::async(std::launch::async, [this, data, count] {
+    RoundStats stats;
+    Status st = all_reduce_mean(data, count, &stats, nullptr);
+    return std::pair{st, stats};
+  });
+}
+
+Status ElasticRounds::finish_all_reduce_mean(RoundStats* stats) {
+  MERIDIAN_ASSERT(pending_.valid(), "finish_all_reduce_mean without start_all_reduce_mean");
+  auto [st, bg] = pending_.get();
+  background_ = false;
+  stats->nodes = bg.nodes;
+  stats->barrier_s += bg.barrier_s;
+  stats->state_sync_s += bg.state_sync_s;
+  stats->state_bytes_downloaded += bg.state_bytes_downloaded;
+  stats->all_reduce_s += bg.all_reduce_s;
+  stats->all_reduce_bytes_sent += bg.all_reduce_bytes_sent;
+  stats->retries += bg.retries;
+  if (!st.is_ok()) return st;
+  if (parked_) {
+    Parked parked = std::move(*parked_);
+    parked_.reset();
+    MERIDIAN_RETURN_IF_ERROR(take_run_state(*trainer_, parked.state, parked.ss, parked.rounds_before));
+    trainer_->start_round_as(static_cast<int>(comm_->rank()), world_size());
+    stats->joined = true;
+    stats->restarted = true;
+  }
+  return Status::ok();
+}
+
 bool ElasticRounds::rings_per_local_rank(int local_world) const {
   const auto& members = comm_->view().members;
   return local_world > 1 && !members.empty() && std::all_of(members.begin(), members.end(), [&](const net::membership::ViewMember& m) {
@@ -127,6 +169,10 @@ Status ElasticRounds::all_reduce_mean(float* data, size_t count, RoundStats* sta
     }
     took_run_state_ = false;
     MERIDIAN_RETURN_IF_ERROR(meet(*trainer_, /*admit_joiners=*/false, stats));
+    if (took_run_state_ && background_) {
+      stats->restarted = true;  // finish_all_reduce_mean takes the parked state
+      return Status::ok();
+    }
     if (took_run_state_) {
       // Behind the run (evicted while frozen, then admitted again as a joiner): the others are
       // at a round start, so this node begins that round with them, as begin_round would.
@@ -158,7 +204,7 @@ Status ElasticRounds::meet(Trainer& trainer, bool admit_joiners, RoundStats* sta
     log_view_change();
     net::NetStatus ns = sync_run_state(trainer, stats);
     if (!fatal_.is_ok()) return fatal_;
-    if (ns.is_ok() && comm_->view().epoch != inner_synced_epoch_) {
+    if (ns.is_ok() && !background_ && comm_->view().epoch != inner_synced_epoch_) {
       ns = sync_inner_state(trainer, stats);
       if (!fatal_.is_ok()) return fatal_;
       if (ns.is_ok()) inner_synced_epoch_ = comm_->view().epoch;
@@ -212,46 +258,57 @@ net::NetStatus ElasticRounds::sync_run_state(Trainer& trainer, RoundStats* stats
   stats->state_bytes_downloaded += ss.bytes_downloaded;
   if (!st.is_ok()) return st;
   if ((ss.buffers_downloaded > 0 || !has_state_) && !state.buffers().empty()) {
-    // This node was fresh or stale: take the run's state.
-    auto fail = [&](const Status& why) {
-      fatal_ = why.with_context("joining the run");
-      return net::NetStatus::error(net::NetCode::kProtocol, net::kNoPeer, why.message());
-    };
-    const auto* hash = state.find(kModelHash);
-    if (hash == nullptr || text_of(*hash) != model)
-      return fail(Status::error("the run trains another model shape than this node's config",
-                                "start every node with the run's [model] settings (same preset or config file)"));
-    const NamedTensors own = trainer.outer_state();
-    auto theta = tensor_like(state, kTheta, own[0].second);
-    auto momentum = tensor_like(state, kMomentum, own[1].second);
-    auto counters = tensor_like(state, kCounters, torch::zeros({3}, torch::kLong));
-    if (!theta) return fail(theta.status());
-    if (!momentum) return fail(momentum.status());
-    if (!counters) return fail(counters.status());
-    const auto* c = counters->data_ptr<int64_t>();
-    const std::string err = trainer.load_outer_state({{kTheta, theta.value()}, {kMomentum, momentum.value()}}, c[2]);
-    if (!err.empty()) return fail(Status::error(err));
-    trainer.set_progress(c[0], c[1]);
-    const auto* cursor = state.find(kCursor);
-    if (cursor == nullptr) return fail(Status::error("the run's state has no data cursor"));
-    if (Status cs = trainer.set_data_cursor(text_of(*cursor)); !cs.is_ok()) return fail(cs);
-    if (has_state_ && c[2] == rounds_before && options_.out) {
-      // Same round, another state: two histories of the run (a fork), resolved by the election.
-      std::fprintf(options_.out, "# FORK: this node held another state for round %lld than the run's elected one; it takes "
-                                 "the elected state (see the coordinator's run log, event \"fork\")\n",
-                   static_cast<long long>(c[2]));
-    }
-    stats->joined = true;
+    // This node was fresh or stale: take the run's state (later, on the caller's thread, when
+    // this runs in the background beside the trainer's inner steps).
     took_run_state_ = true;
-    if (options_.out) {
-      std::fprintf(options_.out, "# received the run state: step %lld, round %lld, %.2f MB in %.3f s (%.2f Gbit/s)\n",
-                   static_cast<long long>(c[0]), static_cast<long long>(c[2]), ss.bytes_downloaded / 1e6, ss.transfer_seconds,
-                   ss.gbit_per_s());
-      std::fflush(options_.out);
+    stats->joined = true;
+    if (background_) {
+      parked_ = Parked{std::move(state), ss, rounds_before};
+    } else if (Status taken = take_run_state(trainer, state, ss, rounds_before); !taken.is_ok()) {
+      return net::NetStatus::error(net::NetCode::kProtocol, net::kNoPeer, taken.message());
     }
   }
   has_state_ = true;
   return st;
+}
+
+Status ElasticRounds::take_run_state(Trainer& trainer, const net::SharedState& state, const net::SyncOpStats& ss, int64_t rounds_before) {
+  auto fail = [&](const Status& why) {
+    fatal_ = why.with_context("joining the run");
+    return fatal_;
+  };
+  const std::string model = model_hash(trainer.config().model);
+  const auto* hash = state.find(kModelHash);
+  if (hash == nullptr || text_of(*hash) != model)
+    return fail(Status::error("the run trains another model shape than this node's config",
+                              "start every node with the run's [model] settings (same preset or config file)"));
+  const NamedTensors own = trainer.outer_state();
+  auto theta = tensor_like(state, kTheta, own[0].second);
+  auto momentum = tensor_like(state, kMomentum, own[1].second);
+  auto counters = tensor_like(state, kCounters, torch::zeros({3}, torch::kLong));
+  if (!theta) return fail(theta.status());
+  if (!momentum) return fail(momentum.status());
+  if (!counters) return fail(counters.status());
+  const auto* c = counters->data_ptr<int64_t>();
+  const std::string err = trainer.load_outer_state({{kTheta, theta.value()}, {kMomentum, momentum.value()}}, c[2]);
+  if (!err.empty()) return fail(Status::error(err));
+  trainer.set_progress(c[0], c[1]);
+  const auto* cursor = state.find(kCursor);
+  if (cursor == nullptr) return fail(Status::error("the run's state has no data cursor"));
+  if (Status cs = trainer.set_data_cursor(text_of(*cursor)); !cs.is_ok()) return fail(cs);
+  if (has_state_ && c[2] == rounds_before && options_.out) {
+    // Same round, another state: two histories of the run (a fork), resolved by the election.
+    std::fprintf(options_.out, "# FORK: this node held another state for round %lld than the run's elected one; it takes "
+                               "the elected state (see the coordinator's run log, event \"fork\")\n",
+                 static_cast<long long>(c[2]));
+  }
+  if (options_.out) {
+    std::fprintf(options_.out, "# received the run state: step %lld, round %lld, %.2f MB in %.3f s (%.2f Gbit/s)\n",
+                 static_cast<long long>(c[0]), static_cast<long long>(c[2]), ss.bytes_downloaded / 1e6, ss.transfer_seconds,
+                 ss.gbit_per_s());
+    std::fflush(options_.out);
+  }
+  return Status::ok();
 }
 
 net::NetStatus ElasticRounds::sync_inner_state(Trainer& trainer, RoundStats* stats) {

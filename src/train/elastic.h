@@ -38,7 +38,9 @@
 #pragma once
 
 #include <cstdio>
+#include <future>
 #include <memory>
+#include <optional>
 
 #include "core/status.h"
 #include "net/communicator.h"
@@ -61,6 +63,13 @@ class ElasticRounds final : public RoundSync {
   static Result<std::unique_ptr<ElasticRounds>> connect(ElasticOptions options);
 
   Status begin_round(Trainer& trainer, RoundStats* stats) override;
+  Status begin_round(Trainer& trainer, RoundStats* stats, bool admit_joiners, size_t* joiners_waiting) override;
+  // In the background (diloco.overlap): all_reduce_mean on a thread of its own. Its retries
+  // meet the survivors there, without the inner-state sync (every member skips it alike; the
+  // next round start makes it up); a run state it receives (this node was behind) is parked
+  // and taken into the trainer at finish, on the caller's thread.
+  void start_all_reduce_mean(float* data, size_t count) override;
+  Status finish_all_reduce_mean(RoundStats* stats) override;
   Status all_reduce_mean(float* data, size_t count, RoundStats* stats) override { return all_reduce_mean(data, count, stats, nullptr); }
   Status all_reduce_mean(float* data, size_t count, RoundStats* stats, net::OtherRings* others) override;
   int world_size() const override;
@@ -75,6 +84,8 @@ class ElasticRounds final : public RoundSync {
   // Barrier, then the syncs, until all succeed; errors only when the run cannot go on.
   Status meet(Trainer& trainer, bool admit_joiners, RoundStats* stats);
   net::NetStatus sync_run_state(Trainer& trainer, RoundStats* stats);
+  // Takes a run state downloaded by sync_run_state into the trainer (caller's thread).
+  Status take_run_state(Trainer& trainer, const net::SharedState& state, const net::SyncOpStats& ss, int64_t rounds_before);
   net::NetStatus sync_inner_state(Trainer& trainer, RoundStats* stats);
   void log_view_change();
 
@@ -87,6 +98,15 @@ class ElasticRounds final : public RoundSync {
   std::vector<net::PeerId> members_;  // of the last adopted view (empty: before the first barrier)
   bool took_run_state_ = false;       // the last sync_run_state replaced this node's state
   Status fatal_;                 // the run's state does not fit this node
+  // The background all-reduce (start/finish_all_reduce_mean).
+  std::future<std::pair<Status, RoundStats>> pending_;
+  bool background_ = false;      // set while the background thread drives comm_
+  struct Parked {
+    net::SharedState state;
+    net::SyncOpStats ss;
+    int64_t rounds_before = 0;
+  };
+  std::optional<Parked> parked_;  // a run state the background thread received
 };
 
 }  // namespace meridian::train

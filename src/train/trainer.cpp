@@ -100,8 +100,13 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Config& config, TrainerOp
   }
   for (auto& [name, p] : named) t->params_.push_back(p);
   t->optimizer_ = std::make_unique<AdamW>(named, AdamWOptions{tc.beta1, tc.beta2, tc.eps, tc.weight_decay});
-  if (t->config_.diloco.enabled)
+  if (t->config_.diloco.enabled) {
     t->outer_ = std::make_unique<OuterOptimizer>(named, OuterOptions{t->config_.diloco.outer_lr, t->config_.diloco.outer_momentum});
+    if (t->overlapped()) {
+      t->start_ = t->outer_->theta().clone();
+      t->in_flight_ = torch::empty_like(t->start_);
+    }
+  }
   if (!t->options_.round_sync) t->options_.round_sync = &t->local_reducer_;
   t->flops_per_token_ = metrics::model_stats(t->config_.model, tc.seq_len).flops_per_token;
   t->peak_measured_ = t->config_.run.peak_tflops <= 0;
@@ -338,6 +343,7 @@ Result<TrainSummary> Trainer::run() {
     if (fsdp_) stop = options_.local_group->all_reduce_sum(stop ? 1.0 : 0.0) > 0;
     if (stop) {
       summary.interrupted = true;
+      MERIDIAN_RETURN_IF_ERROR(settle());
       if (options_.write_run_dir) {
         auto saved = save_checkpoint();
         if (!saved) return saved.status();
@@ -359,7 +365,12 @@ Result<TrainSummary> Trainer::run() {
     if (m.step % tc.log_every == 0 || m.step == last) {
       log_step(m, avg_step_s * static_cast<double>(last - m.step));
     }
-    if (outer_ && m.step % config_.diloco.inner_steps == 0) MERIDIAN_RETURN_IF_ERROR(outer_step());
+    const bool checkpoint_now = options_.write_run_dir && ((tc.checkpoint_every > 0 && m.step % tc.checkpoint_every == 0) || m.step == last);
+    if (outer_ && m.step % config_.diloco.inner_steps == 0) {
+      // With overlap, nothing stays in flight at the last round, nor where a checkpoint is written.
+      MERIDIAN_RETURN_IF_ERROR(overlapped() ? overlapped_outer_step(/*drain=*/m.step == last || checkpoint_now, m.step == last)
+                                            : outer_step());
+    }
     const bool eval_now = (tc.eval_every > 0 && m.step % tc.eval_every == 0) || m.step == last;
     if (eval_now) {
       summary.val_loss = evaluate(tc.eval_batches);
@@ -369,13 +380,14 @@ Result<TrainSummary> Trainer::run() {
         metrics_.write(j.dump());
       }
     }
-    const bool checkpoint_now = options_.write_run_dir && ((tc.checkpoint_every > 0 && m.step % tc.checkpoint_every == 0) || m.step == last);
     if (checkpoint_now) {
+      MERIDIAN_RETURN_IF_ERROR(settle());  // a checkpoint between two round ends
       auto saved = save_checkpoint();
       if (!saved) return saved.status();
       summary.checkpoint = saved.value();
     }
   }
+  MERIDIAN_RETURN_IF_ERROR(settle());  // train.stop_at_step between two round ends
   summary.last_step = step_;
   summary.seconds = seconds_since(t0);
   summary.tokens_per_s = static_cast<double>(tokens_seen_ - tokens_at_start) / std::max(summary.seconds, 1e-9);
@@ -386,10 +398,30 @@ Result<TrainSummary> Trainer::run() {
 Status Trainer::begin_round() {
   round_ = Round{};
   round_.start = Clock::now();
-  if (!fsdp_) return options_.round_sync->begin_round(*this, &round_.stats);
+  if (!fsdp_) {
+    MERIDIAN_RETURN_IF_ERROR(options_.round_sync->begin_round(*this, &round_.stats));
+    if (overlapped()) start_.copy_(outer_->theta());  // nothing in flight at this round start
+    return Status::ok();
+  }
   if (!outer_full_valid_) refresh_outer_full();
   if (!local_lead()) return follow_local_rank0(&round_.stats);
   return tell_local_ranks(options_.round_sync->begin_round(*this, &round_.stats), round_.stats);
+}
+
+void Trainer::restart_round(const RoundStats& carried) {
+  if (options_.out) {
+    std::fprintf(options_.out, "# this node was behind the run: its round is discarded; it trains the run's round %lld from step %lld\n",
+                 static_cast<long long>(outer_->rounds() + 1), static_cast<long long>(step_));
+    std::fflush(options_.out);
+  }
+  const RoundStats kept = carried;
+  round_ = Round{};
+  round_.start = Clock::now();
+  round_.stats.joined = true;
+  round_.stats.nodes = kept.nodes;
+  round_.stats.state_bytes_downloaded = kept.state_bytes_downloaded;
+  round_open_ = true;
+  if (overlapped()) start_.copy_(outer_->theta());  // nothing in flight for this node now
 }
 
 Status Trainer::outer_step() {
@@ -400,18 +432,7 @@ Status Trainer::outer_step() {
   MERIDIAN_RETURN_IF_ERROR(all_reduce_pseudo_gradient(delta, &local_norm));
   RoundStats& rs = round_.stats;
   if (rs.restarted) {
-    if (options_.out) {
-      std::fprintf(options_.out, "# this node was behind the run: its round is discarded; it trains the run's round %lld from step %lld\n",
-                   static_cast<long long>(outer_->rounds() + 1), static_cast<long long>(step_));
-      std::fflush(options_.out);
-    }
-    const RoundStats carried = rs;
-    round_ = Round{};
-    round_.start = Clock::now();
-    round_.stats.joined = true;
-    round_.stats.nodes = carried.nodes;
-    round_.stats.state_bytes_downloaded = carried.state_bytes_downloaded;
-    round_open_ = true;
+    restart_round(rs);
     return Status::ok();
   }
   outer_->step(delta);
@@ -420,26 +441,37 @@ Status Trainer::outer_step() {
     refresh_outer_full();  // for the hash, and the next round start's sync
     if (!local_lead()) return Status::ok();  // rank 0 reports the round
   }
-  const NamedTensors& outer_state = fsdp_ ? outer_full_ : outer_->state();
   const double outer_s = seconds_since(t0);
-  const double round_s = seconds_since(round_.start);
-  const double utilization = round_s > 0 ? round_.compute_s / round_s : 0.0;
-  const double loss = round_.steps > 0 ? round_.loss_sum / static_cast<double>(round_.steps) : 0.0;
+  // Without overlap the compute stood still for the whole all-reduce.
+  log_outer_round(round_, local_norm, outer_s, seconds_since(round_.start), rs.all_reduce_s);
+  return Status::ok();
+}
+
+void Trainer::log_outer_round(const Round& round, double local_norm, double outer_s, double round_s, double wait_s) {
+  const RoundStats& rs = round.stats;
+  const NamedTensors& outer_state = fsdp_ ? outer_full_ : outer_->state();
+  const double utilization = round_s > 0 ? round.compute_s / round_s : 0.0;
+  const double loss = round.steps > 0 ? round.loss_sum / static_cast<double>(round.steps) : 0.0;
   const double gbit = rs.all_reduce_s > 0 ? rs.all_reduce_bytes_sent * 8.0 / rs.all_reduce_s / 1e9 : 0.0;
+  const int64_t params = outer_state[0].second.numel();
+  // What data parallel would send as fp32 gradients in a ring: 2 (n-1)/n * 32 bits per value per step.
+  const double bits_per_param_step =
+      round.steps > 0 ? rs.all_reduce_bytes_sent * 8.0 / static_cast<double>(params) / static_cast<double>(round.steps) : 0.0;
   const std::string hash = io::tensors_hash({{"theta", outer_state[0].second}});
   if (options_.out) {
     std::fprintf(options_.out,
                  "outer  round %lld | step %lld | nodes %d | loss %.4f | |delta| %.4f | all-reduce%s %.3f s %.2f MB %.3f Gbit/s%s | "
-                 "barrier %.3f s | state sync %.3f s | util %.1f%% | theta %s\n",
-                 static_cast<long long>(outer_->rounds()), static_cast<long long>(step_), rs.nodes, loss, local_norm,
+                 "barrier %.3f s | state sync %.3f s |%s util %.1f%% | theta %s\n",
+                 static_cast<long long>(outer_->rounds()), static_cast<long long>(round.end_step >= 0 ? round.end_step : step_), rs.nodes, loss, local_norm,
                  rings_ ? fmt::format(" ({} rings)", local_world()).c_str() : "", rs.all_reduce_s,
                  rs.all_reduce_bytes_sent / 1e6, gbit, rs.retries > 0 ? fmt::format(" ({} retries)", rs.retries).c_str() : "",
-                 rs.barrier_s, rs.state_sync_s, 100.0 * utilization, hash.substr(0, 16).c_str());
+                 rs.barrier_s, rs.state_sync_s, overlapped() ? fmt::format(" waited {:.3f} s |", wait_s).c_str() : "", 100.0 * utilization,
+                 hash.substr(0, 16).c_str());
     std::fflush(options_.out);
   }
   nlohmann::ordered_json j{{"type", "outer"},
                            {"round", outer_->rounds()},
-                           {"step", step_},
+                           {"step", round.end_step >= 0 ? round.end_step : step_},
                            {"nodes", rs.nodes},
                            {"loss", loss},
                            {"ppl", std::exp(loss)},
@@ -450,18 +482,20 @@ Status Trainer::outer_step() {
                            {"state_bytes_downloaded", rs.state_bytes_downloaded},
                            {"all_reduce_s", rs.all_reduce_s},
                            {"bytes_sent", rs.all_reduce_bytes_sent},
+                           {"bits_per_param_step", bits_per_param_step},
                            {"rings", rings_ ? local_world() : 1},  // all-reduces in parallel, one per local rank
                            {"gbit_per_s", gbit},
                            {"retries", rs.retries},
                            {"joined", rs.joined},
+                           {"overlap", config_.diloco.overlap},
+                           {"wait_s", wait_s},
                            {"outer_s", outer_s},
                            {"round_s", round_s},
-                           {"compute_s", round_.compute_s},
+                           {"compute_s", round.compute_s},
                            {"utilization", utilization},
-                           {"params", outer_state[0].second.numel()},
+                           {"params", params},
                            {"outer_hash", hash}};
   metrics_.write(j.dump());
-  return Status::ok();
 }
 
 void Trainer::set_progress(int64_t step, int64_t tokens_seen) {

@@ -181,10 +181,38 @@ class Trainer {
   struct Round {
     std::chrono::steady_clock::time_point start;
     double compute_s = 0;  // inner steps
+    int64_t end_step = -1; // the step the round ended at, when logged later (diloco.overlap)
     double loss_sum = 0;
     int64_t steps = 0;
     RoundStats stats;
   };
+
+  // RoundStats::restarted: this node took the run's state; a round of the run begins for it.
+  void restart_round(const RoundStats& carried);
+  void log_outer_round(const Round& round, double local_norm, double outer_s, double round_s, double wait_s);
+
+  // diloco.overlap = delayed | eager (train/overlap.cpp; docs/algorithms.md). At a round end:
+  // finish the all-reduce in flight and take its outer step, meet the others (joiners held
+  // back), then start this round's all-reduce in the background and begin the next round from
+  // the corrected point. drain: leave nothing in flight (the last round, a checkpoint; also
+  // when joiners wait, who are then admitted at a second meeting unless `last`).
+  bool overlapped() const { return outer_ && config_.diloco.overlap != "none"; }
+  Status overlapped_outer_step(bool drain, bool last);
+  // Waits for the all-reduce in flight and takes its outer step (logging its round), keeping
+  // the progress of the round in progress: params += theta - start, start = theta, as at a
+  // round start without overlap. Nothing in flight: nothing to do.
+  Status settle();
+  // The first half of both: *restarted when this node turned out to be behind the run and took
+  // its state (the round in progress is void).
+  Status finish_flight(bool* restarted);
+  struct Flight {
+    Round round;         // the round whose pseudo-gradient is in flight
+    double norm = 0;     // |delta| of this node
+    double round_s = 0;  // its window, from the end of the round before to its own end
+  };
+  torch::Tensor start_;      // f32 [N]: the point the round in progress started from
+  torch::Tensor in_flight_;  // f32 [N]: the pseudo-gradient in the all-reduce, then its mean
+  std::optional<Flight> flight_;
 
   Config config_;
   TrainerOptions options_;

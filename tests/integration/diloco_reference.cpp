@@ -50,15 +50,47 @@ int main(int argc, char** argv) {
     t.value()->set_data_shard(r, 2);
     replicas.push_back(std::move(t.value()));
   }
-  for (int64_t round = 0; round < config->train.steps / H; ++round) {
+  // diloco.overlap = delayed | eager: each replica's round starts from its own point s, the
+  // mean of round t is applied at the end of round t+1, and the last round is not overlapped
+  // (train/overlap.cpp, docs/algorithms.md).
+  const std::string overlap = config->diloco.overlap;
+  const int64_t rounds = config->train.steps / H;
+  std::vector<torch::Tensor> start;
+  for (auto& t : replicas) start.push_back(t->outer()->theta().clone());
+  torch::Tensor pending;  // the mean in flight
+  auto print_theta = [&](int64_t round) {
+    std::printf("reference round %lld: theta %s\n", static_cast<long long>(round), replicas[0]->outer()->theta_hash().substr(0, 16).c_str());
+  };
+  for (int64_t round = 0; round < rounds; ++round) {
     for (auto& t : replicas)
       for (int64_t s = 0; s < H; ++s) t->train_step();
-    torch::Tensor mean = replicas[0]->outer()->pseudo_gradient().clone();
-    mean.add_(replicas[1]->outer()->pseudo_gradient());
+    if (overlap == "none") {
+      torch::Tensor mean = replicas[0]->outer()->pseudo_gradient().clone();
+      mean.add_(replicas[1]->outer()->pseudo_gradient());
+      mean.div_(2.0f);
+      for (auto& t : replicas) t->outer()->step(mean);
+      print_theta(round + 1);
+      continue;
+    }
+    if (pending.defined()) {
+      for (auto& t : replicas) t->outer()->apply(pending);
+      print_theta(round);
+    }
+    std::vector<torch::Tensor> delta;
+    for (size_t r = 0; r < replicas.size(); ++r) delta.push_back(replicas[r]->outer()->pseudo_gradient_from(start[r]).clone());
+    torch::Tensor mean = delta[0].clone();
+    mean.add_(delta[1]);
     mean.div_(2.0f);
-    for (auto& t : replicas) t->outer()->step(mean);
-    std::printf("reference round %lld: theta %s\n", static_cast<long long>(round + 1),
-                replicas[0]->outer()->theta_hash().substr(0, 16).c_str());
+    if (round + 1 == rounds) {  // the last round: nothing stays in flight
+      for (auto& t : replicas) t->outer()->step(mean);
+      print_theta(round + 1);
+      break;
+    }
+    pending = mean;
+    for (size_t r = 0; r < replicas.size(); ++r) {
+      replicas[r]->outer()->overlap_start(delta[r], overlap == "eager", start[r]);
+      replicas[r]->outer()->copy_to_params(start[r]);
+    }
   }
 
   auto dir = io::resolve_checkpoint(argv[1]);

@@ -130,10 +130,11 @@ def setup():
     license_shards(BIN, WORK)
 
 
-def case_exact():
-    """2 nodes with the fp32 codec equal, bit for bit, the single-process reference after 3 rounds."""
+def case_exact(overlap="none"):
+    """2 nodes with the fp32 codec equal, bit for bit, the single-process reference after 3 rounds
+    (of the same diloco.overlap algorithm)."""
     coord = coordinator()
-    args = dict(steps=12, H=4, min_nodes=2, codec="fp32")
+    args = dict(steps=12, H=4, min_nodes=2, codec="fp32", extra=("--set", "diloco.overlap=" + overlap))
     a, b = nodes(coord, "ab", **args)
     finished(a, "a")
     finished(b, "b")
@@ -141,7 +142,8 @@ def case_exact():
     check("3 rounds with 2 nodes", [j["nodes"] for j in outer("a").values()] == [2, 2, 2], outer("a"))
     ref = subprocess.run([REFERENCE, os.path.join(WORK, "a"), "data.train_path=shards/train",
                           "data.val_path=shards/val", "run.peak_tflops=1", "train.threads=1", "train.steps=12",
-                          "train.warmup_steps=5", "diloco.enabled=true", "diloco.inner_steps=4"],
+                          "train.warmup_steps=5", "diloco.enabled=true", "diloco.inner_steps=4",
+                          "diloco.overlap=" + overlap],
                          cwd=WORK, capture_output=True, text=True, timeout=300)
     print(ref.stdout, end="")
     check("the nodes' parameters equal the reference's bit for bit", ref.returncode == 0, ref.stderr)
@@ -400,7 +402,53 @@ def case_kill_in_mesh():
     hashes_agree(["a", "b"])
 
 
-CASES = {"exact": case_exact, "kill-inner": case_kill_inner, "kill-all-reduce": case_kill_all_reduce,
+def case_kill_overlapped():
+    """diloco.overlap=delayed: SIGKILL of a node while round 3's all-reduce runs in the background
+    (beside round 4's inner steps): the others retry it without the dead node, in the
+    background too, and every round keeps one hash."""
+    coord = coordinator()
+    args = dict(steps=100, H=10, min_nodes=3, extra=("--set", "diloco.overlap=delayed"))
+    a, b = nodes(coord, "ab", **args)
+    c = node("c", coord, env_extra={"MERIDIAN_FAULT": "diloco.all_reduce@3"}, **args)
+    check("c died in round 3's all-reduce", wait_exit(c) == -signal.SIGKILL)
+    finished(a, "a")
+    finished(b, "b")
+    rounds = outer("a")
+    check("a logged every round", sorted(rounds) == list(range(1, 11)), sorted(rounds))
+    r3 = rounds.get(3, {})
+    check("round 3 was retried and averaged over the 2 survivors", r3.get("retries", 0) >= 1 and r3.get("nodes") == 2, r3)
+    check("rounds 1-2 had 3 nodes", [rounds[r]["nodes"] for r in (1, 2)] == [3, 3])
+    check("rounds 1-9 overlapped (the last one is not)", all(rounds[r]["overlap"] == "delayed" for r in rounds))
+    hashes_agree(["a", "b", "c"])
+    loss_falls("a")
+
+
+def case_join_overlapped():
+    """diloco.overlap=delayed: a joiner waits while an all-reduce is in flight; the members finish
+    it at the next round end, then admit the joiner, who receives a completed round."""
+    coord = coordinator()
+    args = dict(steps=300, H=10, min_nodes=2, extra=("--set", "diloco.overlap=delayed"))
+    a, b = nodes(coord, "ab", **args)
+    wait_for("round 2 on a", round_reached("a", 2))
+    d = node("d", coord, **args)
+    finished(a, "a")
+    finished(b, "b")
+    finished(d, "d")
+    rounds_d = outer("d")
+    first = min(rounds_d, default=None)
+    check("d joined mid-run (first round %s)" % first, first is not None and first > 2)
+    check("d received the state at its first round", first is not None and rounds_d[first]["joined"] and
+          rounds_d[first]["state_bytes_downloaded"] > 0, rounds_d.get(first))
+    check("d ends at the run's last round", max(rounds_d, default=0) == 30)
+    check("3 nodes once d is in", all(outer("a")[r]["nodes"] == 3 for r in range(first, 31)) if first else False)
+    check("the members drained the all-reduce in flight before admitting d", "nothing in flight now, admitting" in log_of("a"),
+          log_of("a")[-2000:])
+    hashes_agree(["a", "b", "d"])
+    loss_falls("d")
+
+
+CASES = {"exact": case_exact, "exact-delayed": lambda: case_exact("delayed"), "exact-eager": lambda: case_exact("eager"),
+         "kill-overlapped": case_kill_overlapped, "join-overlapped": case_join_overlapped, "kill-inner": case_kill_inner, "kill-all-reduce": case_kill_all_reduce,
          "all-but-one": case_all_but_one_die, "join": case_join, "kill-transfer": case_kill_transfer,
          "leave-rejoin": case_leave_rejoin, "coordinator-restart": case_coordinator_restart,
          "first-barrier-timeout": case_first_barrier_timeout, "stale-return": case_stale_return,

@@ -156,6 +156,10 @@ TEST(CoordState, BarrierWithoutAdmissionsKeepsJoinersWaiting) {
   ASSERT_TRUE(v);
   EXPECT_EQ(v->view.epoch, e);
   EXPECT_EQ(ids(v->view), members);
+  // Both members hear that one joiner was held back (diloco.overlap meets again to admit it).
+  EXPECT_EQ(v->joiners_waiting, 1u);
+  ASSERT_TRUE(h.last<w::M2C_View>(11));
+  EXPECT_EQ(h.last<w::M2C_View>(11)->joiners_waiting, 1u);
   EXPECT_FALSE(h.last_barrier(3).has_value());
   auto told = h.last<w::M2C_View>(3);  // the joiner hears that the run went on without it
   ASSERT_TRUE(told);
@@ -167,6 +171,7 @@ TEST(CoordState, BarrierWithoutAdmissionsKeepsJoinersWaiting) {
   auto admitted = h.last<w::M2C_View>(3);
   ASSERT_TRUE(admitted);
   EXPECT_EQ(admitted->view.epoch, e + 1);
+  EXPECT_EQ(admitted->joiners_waiting, 0u);
   EXPECT_EQ(ids(admitted->view).back(), joiner);
 }
 

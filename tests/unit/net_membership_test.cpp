@@ -58,7 +58,7 @@ std::vector<ControlMessage> samples() {
           C2M_OpBegin{42, 17},
           C2M_OpResult{42, 17, false, "peer_lost (peer 2)"},
           M2C_Welcome{5, 250, 1000},
-          M2C_View{v, true},
+          M2C_View{v, true, 3},
           M2C_OpFinal{42, 17, true, ""},
           sync_report_sample(),
           C2M_SyncReport{42, 19, {.revision = 3, .votes = true, .pulls = false, .buffers = {}}},

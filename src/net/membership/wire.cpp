@@ -268,6 +268,7 @@ struct Encoder {
     Writer w(MsgType::kM2C_View);
     w.view(m.view);
     w.u8(m.barrier ? 1 : 0);
+    w.u32(m.joiners_waiting);
     return w.take();
   }
   std::vector<std::byte> operator()(const M2C_OpFinal& m) const {
@@ -518,6 +519,7 @@ Result<ControlMessage> decode_message(std::span<const std::byte> payload) {
       const uint8_t barrier = r.u8();
       if (barrier > 1 && r.ok()) return Status::error("M2C_View: bad flag");
       m.barrier = barrier == 1;
+      m.joiners_waiting = r.u32();
       return finish(r, m, "M2C_View");
     }
     case MsgType::kM2C_OpFinal: {

@@ -38,7 +38,7 @@
 namespace meridian::net::membership {
 
 inline constexpr uint32_t kControlFrameMagic = 0x4643524du;  // "MRCF" little-endian
-inline constexpr uint16_t kProtocolVersion = 4;  // 4: members carry their local ranks' addresses
+inline constexpr uint16_t kProtocolVersion = 5;  // 4: members carry their local ranks' addresses; 5: a barrier tells held-back joiners
 inline constexpr size_t kFrameHeaderBytes = 8;
 inline constexpr size_t kMaxControlMessageBytes = 1u << 20;
 inline constexpr size_t kMaxStringBytes = 4096;
@@ -184,6 +184,10 @@ struct M2C_Welcome {
 struct M2C_View {
   View view;
   bool barrier = false;
+  // barrier = true: joiners that were at this barrier but not admitted, because a member asked
+  // for none (admit_joiners = false). The same number reaches every member of the barrier, so
+  // they may decide alike to finish what is in flight and meet again, admitting them.
+  uint32_t joiners_waiting = 0;
   bool operator==(const M2C_View&) const = default;
 };
 // The one final status of an operation: ok only if every member of its epoch reported ok.

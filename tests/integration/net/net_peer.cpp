@@ -156,7 +156,7 @@ int main(int argc, char** argv) {
   size_t update_every = 0, first_round = 0;
   std::string mode = "allreduce";
   size_t state_buffers = 4, buffer_bytes = 1u << 20;
-  bool empty_state = false, hang_in_sync = false;
+  bool empty_state = false, hang_in_sync = false, background = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--coordinator") options.coordinator_address = v;
@@ -178,6 +178,7 @@ int main(int argc, char** argv) {
     else if (a == "--buffer-bytes") buffer_bytes = std::strtoul(v.c_str(), nullptr, 10);
     else if (a == "--empty-state") empty_state = v == "1";
     else if (a == "--hang-in-sync") hang_in_sync = v == "1";
+    else if (a == "--background") background = v == "1";  // start_all_reduce, computing meanwhile
     else return fail("unknown option " + a);
   }
   const std::optional<Codec> codec = parse_codec(codec_name);
@@ -227,7 +228,19 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
       OpStats stats;
       const int64_t t0 = membership::steady_now_us();
-      const NetStatus st = c.all_reduce(buf.data(), buf.size(), *codec, ReduceOp::kSum, &stats);
+      NetStatus st;
+      uint64_t computed = 0;  // work done on this thread while the all-reduce ran (--background 1)
+      if (background) {
+        PendingAllReduce pending = c.start_all_reduce(buf.data(), buf.size(), *codec, ReduceOp::kSum);
+        volatile double sink = 0;
+        while (!pending.done()) {
+          for (int k = 0; k < 10000; ++k) sink = sink + 1e-9 * k;
+          ++computed;
+        }
+        st = pending.finish(&stats);
+      } else {
+        st = c.all_reduce(buf.data(), buf.size(), *codec, ReduceOp::kSum, &stats);
+      }
       if (st.is_ok()) {
         int verified = 0;
         if (*codec == Codec::kFp32) {
@@ -238,10 +251,11 @@ int main(int argc, char** argv) {
             verified = buf[i] == expect ? 1 : 0;
           }
         }
-        std::printf("round=%zu ok epoch=%llu size=%zu hash=%016llx seconds=%.6f gbps=%.3f bytes_sent=%llu verified=%d\n",
+        std::printf("round=%zu ok epoch=%llu size=%zu hash=%016llx seconds=%.6f gbps=%.3f bytes_sent=%llu verified=%d computed=%llu\n",
                     round, static_cast<unsigned long long>(stats.epoch), c.view().members.size(),
                     static_cast<unsigned long long>(xxh3_64(buf.data(), buf.size() * sizeof(float))), stats.seconds,
-                    stats.gbit_per_s(), static_cast<unsigned long long>(stats.bytes_sent), verified);
+                    stats.gbit_per_s(), static_cast<unsigned long long>(stats.bytes_sent), verified,
+                    static_cast<unsigned long long>(computed));
         std::fflush(stdout);
         break;
       }

@@ -92,6 +92,25 @@ TEST_F(NetProcessTest, ThreePeersAgreeBitForBit) {
   for (auto& p : peers) EXPECT_EQ(p->wait_exit(10000), 0) << p->stderr_text();
 }
 
+// start_all_reduce/finish: the same bytes on every peer as the blocking call, the exact sums,
+// while the calling thread went on computing.
+TEST_F(NetProcessTest, BackgroundAllReduceAgreesWhileTheCallerComputes) {
+  std::vector<std::unique_ptr<Process>> peers;
+  for (int i = 0; i < 3; ++i) peers.push_back(start_peer(3, 3, 1000000, {"--background", "1"}));
+  for (size_t round = 0; round < 3; ++round) {
+    std::string hash;
+    for (auto& p : peers) {
+      const auto line = p->wait_for("round=" + std::to_string(round) + " ok", 30000);
+      ASSERT_TRUE(line) << p->stderr_text();
+      EXPECT_EQ(field(*line, "verified"), "1") << *line;
+      if (hash.empty()) hash = field(*line, "hash");
+      EXPECT_EQ(field(*line, "hash"), hash);
+      EXPECT_GT(std::stoull(field(*line, "computed")), 0u) << "the caller's thread did nothing meanwhile: " << *line;
+    }
+  }
+  for (auto& p : peers) EXPECT_EQ(p->wait_exit(10000), 0) << p->stderr_text();
+}
+
 // A peer that dies (SIGKILL) or freezes (SIGSTOP) while the others are in an all-reduce.
 void survive_peer_failure(std::vector<std::unique_ptr<Process>>& peers, int sig,
                           int64_t* detect_ms) {
