@@ -3,7 +3,8 @@
 one node alone, each node running the same number of inner steps on the same settings.
 
 Runs, one after the other on this machine: a coordinator + N `meridian train --coordinator`
-nodes with diloco.codec=int8, the same with fp32, and one node alone. Prints every run's final
+nodes with diloco.codec=int8, the same with fp32, and one node alone (and, when named in
+--runs, int8 with diloco.overlap=delayed or eager, compared with the blocking int8 run). Prints every run's final
 validation loss (the same validation sequences for all), DiLoCo's gain over the lone node and
 int8's difference from fp32.
 
@@ -14,7 +15,7 @@ overshoots (docs/algorithms.md, "Outer optimizer at short horizons", has the swe
 Usage: python3 bench/diloco/quality.py [--bin build/apps/meridian/meridian] [--nodes 4]
                                        [--steps 200] [--inner-steps 20] [--batch-size 8]
                                        [--outer-lr 0.7] [--outer-momentum 0.5]
-                                       [--runs diloco-int8,diloco-fp32,alone] [--set KEY=VALUE]
+                                       [--runs diloco-int8,diloco-fp32,alone,diloco-int8-delayed,diloco-int8-eager] [--set KEY=VALUE]
 """
 import argparse
 import os
@@ -56,7 +57,7 @@ def val_loss(log):
     return float(m.group(1)) if m else float("nan")
 
 
-def run(name, nodes, codec):
+def run(name, nodes, codec, overlap="none"):
     t0 = time.monotonic()
     procs, logs = [], []
     coord = None
@@ -72,7 +73,7 @@ def run(name, nodes, codec):
         argv = [BIN] + COMMON + ["--set", "run.dir=" + os.path.join(WORK, "%s-%d" % (name, i))]
         if nodes > 0:
             argv += ["--set", "diloco.enabled=true", "--set", "diloco.inner_steps=%d" % args.inner_steps,
-                     "--set", "diloco.min_nodes=%d" % nodes, "--set", "diloco.codec=" + codec,
+                     "--set", "diloco.min_nodes=%d" % nodes, "--set", "diloco.codec=" + codec, "--set", "diloco.overlap=" + overlap,
                      "--set", "diloco.outer_lr=%g" % args.outer_lr, "--set", "diloco.outer_momentum=%g" % args.outer_momentum,
                      "--coordinator", coord, "--token-file", TOKEN]
         procs.append(subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT))
@@ -90,10 +91,12 @@ def run(name, nodes, codec):
 print("demo model, %d inner steps per node, batch %d, H=%d, outer Nesterov lr %g momentum %g; validation over %d batches" %
       (args.steps, args.batch_size, args.inner_steps, args.outer_lr, args.outer_momentum, args.eval_batches), flush=True)
 results = {}
-for name, nodes, codec in (("diloco-int8", args.nodes, "int8"), ("diloco-fp32", args.nodes, "fp32"), ("alone", 0, "")):
+for name, nodes, codec, overlap in (("diloco-int8", args.nodes, "int8", "none"), ("diloco-fp32", args.nodes, "fp32", "none"),
+                                    ("diloco-int8-delayed", args.nodes, "int8", "delayed"),
+                                    ("diloco-int8-eager", args.nodes, "int8", "eager"), ("alone", 0, "", "none")):
     if name not in args.runs.split(","):
         continue
-    loss, secs = run(name, nodes, codec)
+    loss, secs = run(name, nodes, codec, overlap)
     results[name] = loss
     print("%-12s nodes %d  validation loss %.4f  (%.0f s)" % (name, max(1, nodes), loss, secs), flush=True)
 if "alone" in results and "diloco-int8" in results:
@@ -102,4 +105,9 @@ if "alone" in results and "diloco-int8" in results:
 if "diloco-fp32" in results and "diloco-int8" in results:
     print("int8 vs fp32 pseudo-gradients: %.4f vs %.4f (%+.2f%%)" %
           (results["diloco-int8"], results["diloco-fp32"], 100 * (results["diloco-int8"] / results["diloco-fp32"] - 1)))
+for mode in ("delayed", "eager"):
+    name = "diloco-int8-" + mode
+    if name in results and "diloco-int8" in results:
+        print("diloco.overlap=%s vs blocking (int8): %.4f vs %.4f (%+.2f%%)" %
+              (mode, results[name], results["diloco-int8"], 100 * (results[name] / results["diloco-int8"] - 1)))
 shutil.rmtree(WORK, ignore_errors=True)
