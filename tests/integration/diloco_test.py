@@ -209,10 +209,12 @@ def case_all_but_one_die():
     loss_falls("a")
 
 
-def case_join():
-    """A node started mid-run receives the state at the next round start and trains with the others."""
+def case_join(overlap="none"):
+    """A node started mid-run receives the state at the next round start and trains with the others.
+    With diloco.overlap the joiner waits while an all-reduce is in flight: the members finish it at
+    the next round end, then admit the joiner, who receives a completed round."""
     coord = coordinator()
-    args = dict(steps=300, H=10, min_nodes=2)
+    args = dict(steps=300, H=10, min_nodes=2, extra=("--set", "diloco.overlap=" + overlap))
     a, b = nodes(coord, "ab", **args)
     wait_for("round 2 on a", round_reached("a", 2))
     d = node("d", coord, **args)
@@ -229,6 +231,9 @@ def case_join():
           first is not None and all(outer(n)[first]["state_bytes_downloaded"] == 0 for n in ("a", "b")),
           [outer(n).get(first) for n in ("a", "b")])
     check("3 nodes once d is in", all(outer("a")[r]["nodes"] == 3 for r in range(first, 31)) if first else False)
+    if overlap != "none":
+        check("the members drained the all-reduce in flight before admitting d", "nothing in flight now, admitting" in log_of("a"),
+              log_of("a")[-2000:])
     hashes_agree(["a", "b", "d"])
     check("the joiner's log shows the state it received", "received the run state" in log_of("d") and
           "received an inner optimizer state" in log_of("d"), log_of("d")[-2000:])
@@ -423,32 +428,8 @@ def case_kill_overlapped():
     loss_falls("a")
 
 
-def case_join_overlapped():
-    """diloco.overlap=delayed: a joiner waits while an all-reduce is in flight; the members finish
-    it at the next round end, then admit the joiner, who receives a completed round."""
-    coord = coordinator()
-    args = dict(steps=300, H=10, min_nodes=2, extra=("--set", "diloco.overlap=delayed"))
-    a, b = nodes(coord, "ab", **args)
-    wait_for("round 2 on a", round_reached("a", 2))
-    d = node("d", coord, **args)
-    finished(a, "a")
-    finished(b, "b")
-    finished(d, "d")
-    rounds_d = outer("d")
-    first = min(rounds_d, default=None)
-    check("d joined mid-run (first round %s)" % first, first is not None and first > 2)
-    check("d received the state at its first round", first is not None and rounds_d[first]["joined"] and
-          rounds_d[first]["state_bytes_downloaded"] > 0, rounds_d.get(first))
-    check("d ends at the run's last round", max(rounds_d, default=0) == 30)
-    check("3 nodes once d is in", all(outer("a")[r]["nodes"] == 3 for r in range(first, 31)) if first else False)
-    check("the members drained the all-reduce in flight before admitting d", "nothing in flight now, admitting" in log_of("a"),
-          log_of("a")[-2000:])
-    hashes_agree(["a", "b", "d"])
-    loss_falls("d")
-
-
 CASES = {"exact": case_exact, "exact-delayed": lambda: case_exact("delayed"), "exact-eager": lambda: case_exact("eager"),
-         "kill-overlapped": case_kill_overlapped, "join-overlapped": case_join_overlapped, "kill-inner": case_kill_inner, "kill-all-reduce": case_kill_all_reduce,
+         "kill-overlapped": case_kill_overlapped, "join-overlapped": lambda: case_join("delayed"), "kill-inner": case_kill_inner, "kill-all-reduce": case_kill_all_reduce,
          "all-but-one": case_all_but_one_die, "join": case_join, "kill-transfer": case_kill_transfer,
          "leave-rejoin": case_leave_rejoin, "coordinator-restart": case_coordinator_restart,
          "first-barrier-timeout": case_first_barrier_timeout, "stale-return": case_stale_return,
