@@ -328,12 +328,14 @@ def progress_never_decreases(name):
                  rounds and not back, back[:5])
 
 
-def case_stale_return():
+def case_stale_return(overlap="none"):
     """A node frozen (SIGSTOP) past its eviction while another trains on alone, then continued
     (SIGCONT), comes back holding an older run state. It must take the newer state: no round is
-    trained twice, the run's progress never goes back, one hash per round across both logs."""
+    trained twice, the run's progress never goes back, one hash per round across both logs.
+    With diloco.overlap the state may arrive in the background all-reduce's retry (parked, then
+    taken at the node's round end)."""
     coord = coordinator()
-    args = dict(steps=400, H=10, min_nodes=2)
+    args = dict(steps=400, H=10, min_nodes=2, extra=("--set", "diloco.overlap=" + overlap))
     a, b = nodes(coord, "ab", **args)
     wait_for("round 2 on both", lambda: round_reached("a", 2)() and round_reached("b", 2)())
     b.send_signal(signal.SIGSTOP)
@@ -429,7 +431,8 @@ def case_kill_overlapped():
 
 
 CASES = {"exact": case_exact, "exact-delayed": lambda: case_exact("delayed"), "exact-eager": lambda: case_exact("eager"),
-         "kill-overlapped": case_kill_overlapped, "join-overlapped": lambda: case_join("delayed"), "kill-inner": case_kill_inner, "kill-all-reduce": case_kill_all_reduce,
+         "kill-overlapped": case_kill_overlapped, "join-overlapped": lambda: case_join("delayed"),
+         "stale-return-overlapped": lambda: case_stale_return("delayed"), "kill-inner": case_kill_inner, "kill-all-reduce": case_kill_all_reduce,
          "all-but-one": case_all_but_one_die, "join": case_join, "kill-transfer": case_kill_transfer,
          "leave-rejoin": case_leave_rejoin, "coordinator-restart": case_coordinator_restart,
          "first-barrier-timeout": case_first_barrier_timeout, "stale-return": case_stale_return,
