@@ -96,11 +96,8 @@ int ElasticRounds::world_size() const { return static_cast<int>(std::max<size_t>
 Status ElasticRounds::leave() { return comm_->leave(); }
 
 Status ElasticRounds::begin_round(Trainer& trainer, RoundStats* stats) {
-  trainer_ = &trainer;
-  MERIDIAN_RETURN_IF_ERROR(meet(trainer, /*admit_joiners=*/true, stats));
-  trainer.start_round_as(static_cast<int>(comm_->rank()), world_size());
-  stats->nodes = world_size();
-  return Status::ok();
+  size_t joiners_waiting = 0;
+  return begin_round(trainer, stats, /*admit_joiners=*/true, &joiners_waiting);
 }
 
 Status ElasticRounds::begin_round(Trainer& trainer, RoundStats* stats, bool admit_joiners, size_t* joiners_waiting) {
@@ -133,13 +130,13 @@ Status ElasticRounds::finish_all_reduce_mean(RoundStats* stats) {
   stats->all_reduce_s += bg.all_reduce_s;
   stats->all_reduce_bytes_sent += bg.all_reduce_bytes_sent;
   stats->retries += bg.retries;
+  stats->joined |= bg.joined;
   if (!st.is_ok()) return st;
-  if (parked_) {
+  if (parked_) {  // bg.restarted: the background thread received the run's state
     Parked parked = std::move(*parked_);
     parked_.reset();
     MERIDIAN_RETURN_IF_ERROR(take_run_state(*trainer_, parked.state, parked.ss, parked.rounds_before));
     trainer_->start_round_as(static_cast<int>(comm_->rank()), world_size());
-    stats->joined = true;
     stats->restarted = true;
   }
   return Status::ok();

@@ -15,7 +15,6 @@
 //                     (the outer step with this node's delta in place of the missing mean)
 // Every member runs the same collective operations in the same order whichever path it
 // takes (meet, then the all-reduce of its round), so a node may drain alone (a checkpoint).
-#include <fmt/format.h>
 
 #include "core/assert.h"
 #include "train/trainer.h"
