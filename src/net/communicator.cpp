@@ -209,6 +209,7 @@ void Communicator::on_control_message(const ms::ControlMessage& m) {
     if (pending_report_) send_control(*pending_report_);
     if (pending_result_) send_control(*pending_result_);
   } else if (const auto* v = std::get_if<ms::M2C_View>(&m)) {
+    const bool was_member = has_member(run_view_, peer_id_);
     run_view_ = v->view;
     if (!has_member(v->view, peer_id_)) {
       cv_.notify_all();
@@ -219,6 +220,7 @@ void Communicator::on_control_message(const ms::ControlMessage& m) {
     if (v->barrier && pending_update_) {
       barrier_view_ = v->view;
       barrier_joiners_waiting_ = v->joiners_waiting;
+      barrier_admitted_ = !was_member;
       pending_update_.reset();
     }
     if (running_op_ != 0 && v->view.epoch > running_epoch_ && mesh_) {
@@ -296,6 +298,7 @@ Status Communicator::barrier_and_mesh(size_t min_members, bool admit_joiners, bo
     next = *barrier_view_;
     barrier_view_.reset();
     joiners_waiting_ = barrier_joiners_waiting_;
+    admitted_ = barrier_admitted_;
     self = peer_id_;
   }
   const auto me = std::find_if(next.members.begin(), next.members.end(),

@@ -167,6 +167,9 @@ class Communicator {
   // After an update_topology without admissions: how many joiners were waiting at that barrier
   // (the same number on every member; see M2C_View::joiners_waiting).
   size_t joiners_waiting() const { return joiners_waiting_; }
+  // Whether the last update_topology admitted this peer: it was not a member of the run's view
+  // the coordinator had told it (a fresh joiner, or a peer evicted meanwhile).
+  bool admitted_at_last_barrier() const { return admitted_; }
 
   // Sum or mean of `count` floats across the view's members. On error the buffer is unchanged.
   NetStatus all_reduce(float* buffer, size_t count, Codec codec, ReduceOp op, OpStats* stats = nullptr);
@@ -217,6 +220,7 @@ class Communicator {
   uint64_t op_seq_ = 0;                      // operations started since the last barrier
   bool votes_ = false;                       // an ok sync since this peer was admitted
   size_t joiners_waiting_ = 0;               // told by the last barrier
+  bool admitted_ = false;                    // ... and whether it admitted this peer
   std::unique_ptr<AllReduceRunner> runner_;  // per mesh
   std::unique_ptr<StateSyncRunner> sync_runner_;  // per mesh
   bool left_ = false;
@@ -232,6 +236,7 @@ class Communicator {
   Status fatal_;                             // the coordinator refused us, or stayed away too long
   std::optional<membership::View> barrier_view_;   // answer to the pending update_topology
   uint32_t barrier_joiners_waiting_ = 0;           // ... and its joiners_waiting
+  bool barrier_admitted_ = false;                  // ... and whether this peer was a joiner before it
   std::optional<membership::C2M_UpdateTopology> pending_update_;
   membership::View held_view_;               // what we tell a (restarted) coordinator we hold
   membership::View run_view_;                // the run's view as last told, this peer in it or not

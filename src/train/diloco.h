@@ -80,6 +80,10 @@ class RoundSync {
     pending_count_ = count;
   }
   virtual Status finish_all_reduce_mean(RoundStats* stats) { return all_reduce_mean(pending_data_, pending_count_, stats); }
+  // True once the all-reduce in flight has found this node behind the run (it holds the run's
+  // state for finish to take): the round this node computes meanwhile is void, and the others
+  // already train the next one, so the trainer finishes at once rather than at its round end.
+  virtual bool behind_the_run() const { return false; }
 
  private:
   float* pending_data_ = nullptr;

@@ -123,6 +123,7 @@ Status ElasticRounds::finish_all_reduce_mean(RoundStats* stats) {
   MERIDIAN_ASSERT(pending_.valid(), "finish_all_reduce_mean without start_all_reduce_mean");
   auto [st, bg] = pending_.get();
   background_ = false;
+  behind_ = false;
   stats->nodes = bg.nodes;
   stats->barrier_s += bg.barrier_s;
   stats->state_sync_s += bg.state_sync_s;
@@ -168,6 +169,7 @@ Status ElasticRounds::all_reduce_mean(float* data, size_t count, RoundStats* sta
     MERIDIAN_RETURN_IF_ERROR(meet(*trainer_, /*admit_joiners=*/false, stats));
     if (took_run_state_ && background_) {
       stats->restarted = true;  // finish_all_reduce_mean takes the parked state
+      behind_ = true;
       return Status::ok();
     }
     if (took_run_state_) {
@@ -201,7 +203,10 @@ Status ElasticRounds::meet(Trainer& trainer, bool admit_joiners, RoundStats* sta
     log_view_change();
     net::NetStatus ns = sync_run_state(trainer, stats);
     if (!fatal_.is_ok()) return fatal_;
-    if (ns.is_ok() && !background_ && comm_->view().epoch != inner_synced_epoch_) {
+    // In the background (a retry of the all-reduce in flight) the members skip it alike; a node
+    // admitted there again (it was evicted) meets members at their round start, who run it.
+    const bool inner_sync = comm_->view().epoch != inner_synced_epoch_ && (!background_ || comm_->admitted_at_last_barrier());
+    if (ns.is_ok() && inner_sync) {
       ns = sync_inner_state(trainer, stats);
       if (!fatal_.is_ok()) return fatal_;
       if (ns.is_ok()) inner_synced_epoch_ = comm_->view().epoch;
@@ -309,9 +314,14 @@ Status ElasticRounds::take_run_state(Trainer& trainer, const net::SharedState& s
 }
 
 net::NetStatus ElasticRounds::sync_inner_state(Trainer& trainer, RoundStats* stats) {
-  const NamedTensors own = trainer.inner_state();
+  // In the background (admitted again in a retry of the all-reduce in flight) the trainer's
+  // thread owns the inner state: take part in the members' sync, but offer and take nothing.
+  const bool bystander = background_;
+  const NamedTensors own = bystander ? NamedTensors{} : trainer.inner_state();
   net::SharedState state;
-  if (!needs_inner_) {
+  if (bystander) {
+    state.set_pulls(false);
+  } else if (!needs_inner_) {
     state.set_pulls(false);  // a member keeps its own moments; only joiners download
     for (const auto& [name, t] : own) put_tensor(state, kInnerPrefix + name, t);
     put_tensor(state, kInnerStep, torch::tensor({trainer.inner_step()}, torch::kLong));
@@ -323,6 +333,7 @@ net::NetStatus ElasticRounds::sync_inner_state(Trainer& trainer, RoundStats* sta
   stats->state_sync_s += ss.seconds;
   stats->state_bytes_downloaded += ss.bytes_downloaded;
   if (!st.is_ok()) return st;
+  if (bystander) return st;
   if (needs_inner_ && !state.buffers().empty()) {
     auto fail = [&](const Status& why) {
       fatal_ = why.with_context("receiving an inner optimizer state");

@@ -37,6 +37,7 @@
 // The sequences of a node that dies mid-round are skipped, not re-read.
 #pragma once
 
+#include <atomic>
 #include <cstdio>
 #include <future>
 #include <memory>
@@ -65,11 +66,13 @@ class ElasticRounds final : public RoundSync {
   Status begin_round(Trainer& trainer, RoundStats* stats) override;
   Status begin_round(Trainer& trainer, RoundStats* stats, bool admit_joiners, size_t* joiners_waiting) override;
   // In the background (diloco.overlap): all_reduce_mean on a thread of its own. Its retries
-  // meet the survivors there, without the inner-state sync (every member skips it alike; the
-  // next round start makes it up); a run state it receives (this node was behind) is parked
-  // and taken into the trainer at finish, on the caller's thread.
+  // meet the survivors there; in their inner-state sync this node offers and takes nothing (the
+  // trainer's thread owns its moments). A run state it receives (this node was behind: evicted
+  // while frozen, admitted again at the others' round start) is parked and taken into the
+  // trainer at finish, on the caller's thread, which behind_the_run() tells between two steps.
   void start_all_reduce_mean(float* data, size_t count) override;
   Status finish_all_reduce_mean(RoundStats* stats) override;
+  bool behind_the_run() const override { return behind_.load(); }
   Status all_reduce_mean(float* data, size_t count, RoundStats* stats) override { return all_reduce_mean(data, count, stats, nullptr); }
   Status all_reduce_mean(float* data, size_t count, RoundStats* stats, net::OtherRings* others) override;
   int world_size() const override;
@@ -107,6 +110,7 @@ class ElasticRounds final : public RoundSync {
     int64_t rounds_before = 0;
   };
   std::optional<Parked> parked_;  // a run state the background thread received
+  std::atomic<bool> behind_{false};  // parked_ is set and the background thread is returning
 };
 
 }  // namespace meridian::train

@@ -45,6 +45,12 @@ Status Trainer::finish_flight(bool* restarted) {
   return Status::ok();
 }
 
+Status Trainer::catch_up_with_run(bool* restarted) {
+  *restarted = false;
+  if (!flight_ || !options_.round_sync->behind_the_run()) return Status::ok();
+  return finish_flight(restarted);
+}
+
 Status Trainer::settle() {
   if (!flight_) return Status::ok();
   bool restarted = false;
@@ -76,7 +82,19 @@ Status Trainer::overlapped_outer_step(bool drain, bool last) {
   // tile the run: utilization = compute / window, as without overlap).
   round_start_.reset();  // the counters the meeting publishes are the current ones
   size_t joiners = 0;
-  MERIDIAN_RETURN_IF_ERROR(options_.round_sync->begin_round(*this, &done.stats, /*admit_joiners=*/false, &joiners));
+  RoundStats meeting;
+  MERIDIAN_RETURN_IF_ERROR(options_.round_sync->begin_round(*this, &meeting, /*admit_joiners=*/false, &joiners));
+  done.stats.nodes = meeting.nodes;
+  done.stats.barrier_s += meeting.barrier_s;
+  done.stats.state_sync_s += meeting.state_sync_s;
+  done.stats.state_bytes_downloaded += meeting.state_bytes_downloaded;
+  if (meeting.joined) {
+    // This node was behind the run (evicted while frozen, admitted again at this meeting) and
+    // took the run's state: its delta is void, and the run's round begins for it now, as for
+    // the others (nothing of it is in flight).
+    restart_round(done.stats);
+    return Status::ok();
+  }
   const auto count = static_cast<size_t>(in_flight_.numel());
   if (drain || joiners > 0) {
     const auto t0 = Clock::now();

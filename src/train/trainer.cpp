@@ -351,6 +351,11 @@ Result<TrainSummary> Trainer::run() {
       }
       break;
     }
+    if (overlapped()) {
+      bool restarted = false;
+      MERIDIAN_RETURN_IF_ERROR(catch_up_with_run(&restarted));
+      if (restarted) continue;  // step_ is the run's now: the loop's top checks it again
+    }
     StepMetrics m = train_step();
     if (m.step == summary.first_step) summary.first_loss = m.loss;
     avg_step_s = avg_step_s == 0 ? m.step_seconds : 0.9 * avg_step_s + 0.1 * m.step_seconds;

@@ -205,6 +205,9 @@ class Trainer {
   // The first half of both: *restarted when this node turned out to be behind the run and took
   // its state (the round in progress is void).
   Status finish_flight(bool* restarted);
+  // Between two inner steps: when the all-reduce in flight found this node behind the run,
+  // finish it now (*restarted), so the void round stops at once and the run's round begins.
+  Status catch_up_with_run(bool* restarted);
   struct Flight {
     Round round;         // the round whose pseudo-gradient is in flight
     double norm = 0;     // |delta| of this node
