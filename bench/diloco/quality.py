@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """DiLoCo quality on the demo data: N nodes with DiLoCo (int8 and fp32 pseudo-gradients) against
-one node alone, each node running the same number of inner steps on the same settings.
+one node alone, each node running the same number of inner steps on the same settings, and
+against data parallel at equal tokens (run "dp": one node with N times the batch, the same
+schedule and steps).
 
 Runs, one after the other on this machine: a coordinator + N `meridian train --coordinator`
 nodes with diloco.codec=int8, the same with fp32, and one node alone (and, when named in
@@ -15,7 +17,7 @@ overshoots (docs/algorithms.md, "Outer optimizer at short horizons", has the swe
 Usage: python3 bench/diloco/quality.py [--bin build/apps/meridian/meridian] [--nodes 4]
                                        [--steps 200] [--inner-steps 20] [--batch-size 8]
                                        [--outer-lr 0.7] [--outer-momentum 0.5]
-                                       [--runs diloco-int8,diloco-fp32,alone,diloco-int8-delayed,diloco-int8-eager] [--set KEY=VALUE]
+                                       [--runs diloco-int8,diloco-fp32,alone,dp,diloco-int8-delayed,diloco-int8-eager] [--set KEY=VALUE]
 """
 import argparse
 import os
@@ -39,15 +41,19 @@ parser.add_argument("--outer-lr", type=float, default=0.7)
 parser.add_argument("--outer-momentum", type=float, default=0.5)
 parser.add_argument("--eval-batches", type=int, default=32)
 parser.add_argument("--set", action="append", default=[], help="extra key=value for every run")
-parser.add_argument("--runs", default="diloco-int8,diloco-fp32,alone", help="which runs, comma-separated")
+parser.add_argument("--runs", default="diloco-int8,diloco-fp32,alone,dp", help="which runs, comma-separated")
 args = parser.parse_args()
 BIN = os.path.abspath(args.bin)
 WORK = tempfile.mkdtemp(prefix="diloco_quality_")
 TOKEN = write_token(os.path.join(WORK, "token"))
 
-COMMON = ["train", "--preset", "demo", "--set", "train.steps=%d" % args.steps, "--set", "train.batch_size=%d" % args.batch_size,
-          "--set", "train.threads=1", "--set", "train.eval_every=0", "--set", "train.eval_batches=%d" % args.eval_batches,
+COMMON = ["train", "--preset", "demo", "--set", "train.steps=%d" % args.steps,
+          "--set", "train.threads=1", "--set", "train.eval_every=0",
           "--set", "run.peak_tflops=0.15", "--set", "train.log_every=50"]
+if (args.eval_batches * args.batch_size) % (args.nodes * args.batch_size):
+    sys.exit("error: --eval-batches %d x --batch-size %d is not a multiple of the data-parallel batch %d x %d\n"
+             "hint: pick --eval-batches divisible by --nodes, so every run validates on the same sequences"
+             % (args.eval_batches, args.batch_size, args.nodes, args.batch_size))
 for kv in args.set:
     COMMON += ["--set", kv]
 
@@ -57,7 +63,7 @@ def val_loss(log):
     return float(m.group(1)) if m else float("nan")
 
 
-def run(name, nodes, codec, overlap="none"):
+def run(name, nodes, codec, overlap="none", batch_size=None):
     t0 = time.monotonic()
     procs, logs = [], []
     coord = None
@@ -70,7 +76,10 @@ def run(name, nodes, codec, overlap="none"):
             sys.exit("error: the coordinator did not start; see " + clog)
     for i in range(max(1, nodes)):
         log = os.path.join(WORK, "%s-%d.log" % (name, i))
-        argv = [BIN] + COMMON + ["--set", "run.dir=" + os.path.join(WORK, "%s-%d" % (name, i))]
+        argv = [BIN] + COMMON + ["--set", "run.dir=" + os.path.join(WORK, "%s-%d" % (name, i)),
+                                 "--set", "train.batch_size=%d" % (batch_size or args.batch_size),
+                                 # The same validation sequences whatever the batch (read in order from the start).
+                                 "--set", "train.eval_batches=%d" % (args.eval_batches * args.batch_size // (batch_size or args.batch_size))]
         if nodes > 0:
             argv += ["--set", "diloco.enabled=true", "--set", "diloco.inner_steps=%d" % args.inner_steps,
                      "--set", "diloco.min_nodes=%d" % nodes, "--set", "diloco.codec=" + codec, "--set", "diloco.overlap=" + overlap,
@@ -91,14 +100,24 @@ def run(name, nodes, codec, overlap="none"):
 print("demo model, %d inner steps per node, batch %d, H=%d, outer Nesterov lr %g momentum %g; validation over %d batches" %
       (args.steps, args.batch_size, args.inner_steps, args.outer_lr, args.outer_momentum, args.eval_batches), flush=True)
 results = {}
-for name, nodes, codec, overlap in (("diloco-int8", args.nodes, "int8", "none"), ("diloco-fp32", args.nodes, "fp32", "none"),
-                                    ("diloco-int8-delayed", args.nodes, "int8", "delayed"),
-                                    ("diloco-int8-eager", args.nodes, "int8", "eager"), ("alone", 0, "", "none")):
+# "dp": data parallel over the N nodes at equal tokens and steps, run as what it computes
+# exactly, one node with N times the batch (the mean gradient of N batches every step).
+for name, nodes, codec, overlap, batch in (("diloco-int8", args.nodes, "int8", "none", None),
+                                           ("diloco-fp32", args.nodes, "fp32", "none", None),
+                                           ("diloco-int8-delayed", args.nodes, "int8", "delayed", None),
+                                           ("diloco-int8-eager", args.nodes, "int8", "eager", None), ("alone", 0, "", "none", None),
+                                           ("dp", 0, "", "none", args.nodes * args.batch_size)):
     if name not in args.runs.split(","):
         continue
-    loss, secs = run(name, nodes, codec, overlap)
+    loss, secs = run(name, nodes, codec, overlap, batch)
     results[name] = loss
-    print("%-12s nodes %d  validation loss %.4f  (%.0f s)" % (name, max(1, nodes), loss, secs), flush=True)
+    print("%-19s nodes %d  batch %3d  validation loss %.4f  (%.0f s)" %
+          (name, max(1, nodes), batch or args.batch_size, loss, secs), flush=True)
+if "dp" in results:
+    print("against data parallel at equal tokens (one node, batch %d = %d x %d):" % (args.nodes * args.batch_size, args.nodes, args.batch_size))
+    for name, loss in results.items():
+        if name != "dp":
+            print("  %-19s %.4f vs %.4f (%+.2f%%)" % (name, loss, results["dp"], 100 * (loss / results["dp"] - 1)))
 if "alone" in results and "diloco-int8" in results:
     alone = results["alone"]
     print("DiLoCo int8 vs alone: %.4f vs %.4f (%+.2f%%)" % (results["diloco-int8"], alone, 100 * (results["diloco-int8"] / alone - 1)))
